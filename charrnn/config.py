@@ -1,0 +1,175 @@
+"""Every knob with its default (the one source of truth), YAML loading, `--set` overrides, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charrnn.errors import UsageError
+
+CELLS = ("rnn", "lstm", "gru")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+DTYPES = ("float32", "float64")
+MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "rnn"  # rnn | lstm | gru
+    hidden_size: int = 128  # H, units per layer
+    num_layers: int = 1  # stacked cells
+    dropout: float = 0.0  # inverted dropout between layers, training only
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B, parallel streams
+    seq_len: int = 64  # T, steps of truncated BPTT per chunk
+    optimizer: str = "adam"  # adam | adagrad | sgd
+    lr: float = 2e-3  # learning rate
+    momentum: float = 0.9  # sgd only
+    beta1: float = 0.9  # adam only
+    beta2: float = 0.999  # adam only
+    eps: float = 1e-8  # adam and adagrad
+    grad_clip: float = 5.0  # global gradient-norm limit; 0 disables
+    lr_decay: float = 1.0  # multiply lr by this every lr_decay_every steps
+    lr_decay_every: int = 1000
+    max_steps: int = 10_000  # train until this many steps in total
+    val_fraction: float = 0.1  # the last fraction of the text is held out
+    eval_every: int = 500  # steps between validation runs (and checkpoints)
+    log_every: int = 100  # steps between training-loss lines in metrics.jsonl
+    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    seed: int = 1234  # initialisation, dropout, and everything random
+    dtype: str = "float32"  # float32 | float64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _nearest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(path: str, value: Any, default: Any) -> Any:
+    """Check `value` against the type of the default; ints and numeric strings pass as floats."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise UsageError(f"config key {path}: expected {kind.__name__}, got {value!r}")
+
+
+def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
+    names = [f.name for f in dataclasses.fields(section)]
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise UsageError(f"unknown config key {path}{_nearest(str(key), names)}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UsageError(f"config key {path}: expected a mapping, got {value!r}")
+            _apply(current, value, f"{path}.")
+        else:
+            setattr(section, key, _coerce(path, value, current))
+
+
+def _check(ok: bool, path: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise UsageError(f"config key {path}: must be {rule}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Refuse values that cannot work, before any work starts."""
+    m, t = config.model, config.train
+    _check(m.cell in CELLS, "model.cell", " | ".join(CELLS), m.cell)
+    _check(m.hidden_size >= 1, "model.hidden_size", ">= 1", m.hidden_size)
+    _check(m.num_layers >= 1, "model.num_layers", ">= 1", m.num_layers)
+    _check(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
+    approx_params = m.num_layers * 4 * m.hidden_size * 2 * m.hidden_size
+    _check(approx_params <= MAX_PARAMS, "model.hidden_size", "small enough to fit in memory", m.hidden_size)
+    for key in ("batch_size", "seq_len", "lr_decay_every", "eval_every", "log_every"):
+        _check(getattr(t, key) >= 1, f"train.{key}", ">= 1", getattr(t, key))
+    _check(t.batch_size * t.seq_len <= 100_000_000, "train.batch_size", "small enough that B * T fits", t.batch_size)
+    _check(t.optimizer in OPTIMIZERS, "train.optimizer", " | ".join(OPTIMIZERS), t.optimizer)
+    _check(t.lr > 0, "train.lr", "> 0", t.lr)
+    _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
+    _check(0 <= t.beta1 < 1, "train.beta1", "in [0, 1)", t.beta1)
+    _check(0 <= t.beta2 < 1, "train.beta2", "in [0, 1)", t.beta2)
+    _check(t.eps > 0, "train.eps", "> 0", t.eps)
+    _check(t.grad_clip >= 0, "train.grad_clip", ">= 0", t.grad_clip)
+    _check(0 < t.lr_decay <= 1, "train.lr_decay", "in (0, 1]", t.lr_decay)
+    _check(t.max_steps >= 0, "train.max_steps", ">= 0", t.max_steps)
+    _check(0 <= t.val_fraction < 1, "train.val_fraction", "in [0, 1)", t.val_fraction)
+    _check(t.patience >= 0, "train.patience", ">= 0", t.patience)
+    _check(t.seed >= 0, "train.seed", ">= 0", t.seed)
+    _check(t.dtype in DTYPES, "train.dtype", " | ".join(DTYPES), t.dtype)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 128 is an int, 1e-3 a float)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set expects KEY=VALUE (e.g. model.hidden_size=256), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A config file as a dict; only plain YAML (safe_load: no Python tags)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read config file {path}: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"config file {path} is not plain YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+def build_config(layers: list[dict[str, Any]]) -> Config:
+    """Defaults, then each layer of values in turn (file, then overrides), then validation."""
+    config = Config()
+    for values in layers:
+        _apply(config, values, "")
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return build_config([values])

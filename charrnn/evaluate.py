@@ -1,0 +1,52 @@
+"""How well a model predicts a text: nats per char, bits per char, perplexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+from charrnn.layers.loss import xent_sum
+from charrnn.model import CharRNN
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy, nats per predicted character
+    chars: int  # characters predicted
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"loss": self.loss, "bpc": self.bpc, "perplexity": self.perplexity, "chars": self.chars}
+
+
+def evaluate(model: CharRNN, ids: np.ndarray, streams: int = 1, seq_len: int = 256) -> EvalResult:
+    """Mean loss of predicting ids[1:] from what precedes them, chunk by chunk with the state carried.
+
+    streams=1 reads the whole text as one sequence from a zero state and predicts every
+    character after the first (exact). streams=S > 1 cuts it into S contiguous pieces read in
+    parallel, each from a zero state (faster; fewer than S trailing characters go unscored).
+    """
+    if len(ids) < 2:
+        raise CharRNNError(f"text to evaluate has {len(ids)} characters; at least 2 are needed")
+    S = max(1, min(streams, len(ids) - 1))
+    L = (len(ids) - 1) // S
+    inputs, targets = ids[: S * L].reshape(S, L), ids[1 : S * L + 1].reshape(S, L)
+    state = model.initial_state(S)
+    V = model.shape.vocab_size
+    total = 0.0
+    for start in range(0, L, seq_len):
+        x = np.ascontiguousarray(inputs[:, start : start + seq_len].T, dtype=np.int64)
+        y = np.ascontiguousarray(targets[:, start : start + seq_len].T, dtype=np.int64)
+        logits, state = model.logits(x, state)
+        total += xent_sum(logits.reshape(-1, V), y.reshape(-1))
+    return EvalResult(loss=total / (S * L), chars=S * L)

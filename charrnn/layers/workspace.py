@@ -1,0 +1,38 @@
+"""Scratch arrays that are allocated once and reused by every call of the same shape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Workspace:
+    """Named scratch arrays, reallocated only when a name is asked for with a new shape or dtype.
+
+    The training loop calls the layers with the same `(T, B)` every step, so after the first
+    step no layer allocates memory. A layer's cache points into these arrays: each forward
+    must be followed by its backward before the next forward on the same workspace.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array `name` of `shape` and `dtype`."""
+        array = self._arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = np.empty(shape, dtype)
+            self._arrays[name] = array
+        return array
+
+    def zeros(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Like `get`, filled with zeros."""
+        array = self.get(name, shape, dtype)
+        array.fill(0)
+        return array
+
+
+def scratch(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array from `ws`, or a fresh one when no workspace is given."""
+    if ws is None:
+        return np.empty(shape, dtype)
+    return ws.get(name, shape, dtype)

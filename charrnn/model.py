@@ -1,0 +1,165 @@
+"""`CharRNN`: one-hot characters in, stacked recurrent cells, a linear read-out, softmax loss.
+
+    x_t (one-hot, V) -> [cell 0] -> dropout -> [cell 1] -> ... -> h_t (H) -> y_t = h_t W_hy + b_y (V)
+
+Parameters live in one flat dict of named arrays (the checkpoint's names):
+`layers.{i}.W_xh` (V for layer 0, else H; G*H), `layers.{i}.W_hh` (H, G*H), `layers.{i}.b_h` (G*H,),
+`layers.{i}.b_hn` (H,) for GRU only, `W_hy` (H, V), `b_y` (V,); G is the cell's number of gates.
+The carried state is one array `(L, S, B, H)`: L layers, S state arrays per cell (LSTM: h, c).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from charrnn.layers import CELLS, embedding, linear, loss
+from charrnn.layers.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What fixes the parameter shapes of a model."""
+
+    vocab_size: int
+    cell: str = "rnn"
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.0
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The name and shape of every parameter, in a stable order."""
+        cell = CELLS[self.cell]
+        H, V, G = self.hidden_size, self.vocab_size, CELLS[self.cell].GATES * self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(self.num_layers):
+            shapes[f"layers.{i}.W_xh"] = (V if i == 0 else H, G)
+            shapes[f"layers.{i}.W_hh"] = (H, G)
+            shapes[f"layers.{i}.b_h"] = (G,)
+            if "b_hn" in cell.RECURRENT_PARAMS:
+                shapes[f"layers.{i}.b_hn"] = (H,)
+        shapes["W_hy"] = (H, V)
+        shapes["b_y"] = (V,)
+        return shapes
+
+    def state_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """(L, S, B, H) of the carried state."""
+        return (self.num_layers, CELLS[self.cell].STATE, batch, self.hidden_size)
+
+
+def init_params(shape: ModelShape, rng: np.random.Generator, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as PyTorch initialises its RNNs."""
+    bound = 1.0 / np.sqrt(shape.hidden_size)
+    return {
+        name: rng.uniform(-bound, bound, size).astype(dtype)
+        for name, size in shape.param_shapes().items()
+    }
+
+
+class CharRNN:
+    """The character model. `loss` + `backward` train it; `logits` runs it for inference."""
+
+    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray]) -> None:
+        self.shape = shape
+        self.params = params
+        self.cell = CELLS[shape.cell]
+        self.dtype = params["W_hy"].dtype
+        self._train_ws = [Workspace() for _ in range(shape.num_layers + 1)]
+        self._infer_ws = [Workspace() for _ in range(shape.num_layers + 1)]
+        self._cache: tuple | None = None
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        """A zero state (L, S, B, H)."""
+        return np.zeros(self.shape.state_shape(batch), self.dtype)
+
+    def _layer_params(self, i: int) -> dict[str, np.ndarray]:
+        return {name: self.params[f"layers.{i}.{name}"] for name in self.cell.RECURRENT_PARAMS}
+
+    def _run_layers(
+        self, ids: np.ndarray, state: np.ndarray, workspaces: list[Workspace], dropout_rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray, list]:
+        """ids (T, B), state (L, S, B, H) -> top hidden states (T, B, H), new state, per-layer caches."""
+        new_state = np.empty_like(state)
+        caches = []
+        x: np.ndarray = ids
+        for i in range(self.shape.num_layers):
+            ws = workspaces[i]
+            layer_input = x
+            W_xh, b_h = self.params[f"layers.{i}.W_xh"], self.params[f"layers.{i}.b_h"]
+            xw = embedding.forward(ids, W_xh, b_h, ws) if i == 0 else linear.forward(x, W_xh, b_h, ws)
+            hs, stateT, cell_cache = self.cell.forward(xw, state[i], self._layer_params(i), ws)
+            new_state[i] = stateT
+            mask = None
+            if dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
+                mask = self._dropout_mask(hs.shape, dropout_rng, ws)
+                x = ws.get("dropped", hs.shape, self.dtype)
+                np.multiply(hs, mask, out=x)
+            else:
+                x = hs
+            caches.append((layer_input, cell_cache, mask))
+        return x, new_state, caches
+
+    def _dropout_mask(self, shape: tuple[int, ...], rng: np.random.Generator, ws: Workspace) -> np.ndarray:
+        """Inverted dropout: 0 with probability p, else 1 / (1 - p)."""
+        keep = 1.0 - self.shape.dropout
+        mask = ws.get("mask", shape, self.dtype)
+        rng.random(out=mask, dtype=self.dtype)
+        mask += keep
+        np.floor(mask, out=mask)
+        mask *= 1.0 / keep
+        return mask
+
+    def loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        state: np.ndarray,
+        dropout_rng: np.random.Generator | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy (nats per char) of predicting `targets` (T, B) from `ids` (T, B).
+
+        Keeps what `backward` needs. Dropout is applied only when `dropout_rng` is given.
+        Returns: loss, the new state (L, S, B, H).
+        """
+        top, new_state, caches = self._run_layers(ids, state, self._train_ws, dropout_rng)
+        head_ws = self._train_ws[-1]
+        logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], head_ws)
+        V = self.shape.vocab_size
+        value, dlogits = loss.softmax_xent(logits.reshape(-1, V), targets.reshape(-1))
+        self._cache = (top, dlogits.reshape(logits.shape), caches)
+        return value, new_state
+
+    def backward(self, dstateT: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Gradients of the last `loss` for every parameter (arrays owned by the model's workspaces).
+
+        dstateT (L, S, B, H): a gradient on the final state from outside the chunk (None: zero).
+        The gradient on the initial state is left in `self.dstate0` (L, S, B, H).
+        """
+        assert self._cache is not None, "backward() needs a loss() first"
+        top, dlogits, caches = self._cache
+        grads: dict[str, np.ndarray] = {}
+        dx, grads["W_hy"], grads["b_y"] = linear.backward(dlogits, top, self.params["W_hy"], self._train_ws[-1])
+        self.dstate0 = np.empty(self.shape.state_shape(top.shape[1]), self.dtype)
+        for i in range(self.shape.num_layers - 1, -1, -1):
+            ws = self._train_ws[i]
+            layer_input, cell_cache, mask = caches[i]
+            if mask is not None:
+                dx *= mask
+            dxw, self.dstate0[i], cell_grads = self.cell.backward(
+                dx, cell_cache, None if dstateT is None else dstateT[i], ws
+            )
+            for name, grad in cell_grads.items():
+                grads[f"layers.{i}.{name}"] = grad
+            W_xh = self.params[f"layers.{i}.W_xh"]
+            if i == 0:
+                dW, db = embedding.backward(dxw, layer_input, self.shape.vocab_size, ws)
+            else:
+                dx, dW, db = linear.backward(dxw, layer_input, W_xh, ws)
+            grads[f"layers.{i}.W_xh"], grads[f"layers.{i}.b_h"] = dW, db
+        return grads
+
+    def logits(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inference: ids (T, B), state (L, S, B, H) -> logits (T, B, V), new state. No dropout."""
+        top, new_state, _ = self._run_layers(ids, state, self._infer_ws, None)
+        return linear.forward(top, self.params["W_hy"], self.params["b_y"], self._infer_ws[-1]), new_state

@@ -1,0 +1,96 @@
+"""Adam, Adagrad and SGD with momentum, global-norm clipping and a step-decay schedule.
+
+Optimizer state is a flat dict of named arrays (`m.<param>`, `v.<param>`, ...) plus the step
+count, so it saves into a checkpoint next to the weights. Updates are in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from charrnn.config import TrainConfig
+from charrnn.errors import NonFiniteError
+
+SLOTS = {"adam": ("m", "v"), "adagrad": ("sum_sq",), "sgd": ("velocity",)}
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """sqrt of the sum of squares of every gradient entry (accumulated in float64)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+
+
+def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale all gradients in place so their global norm is at most `max_norm` (0: no limit).
+
+    Returns the norm before clipping. A non-finite norm raises NonFiniteError.
+    """
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        raise NonFiniteError("gradient is not finite (NaN or inf)")
+    if max_norm > 0 and norm > max_norm:
+        scale = max_norm / norm
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """lr * lr_decay ** (step // lr_decay_every)."""
+    return config.lr * config.lr_decay ** (step // config.lr_decay_every)
+
+
+class Optimizer:
+    """One of `SLOTS`' optimizers over a dict of parameters."""
+
+    def __init__(self, config: TrainConfig, params: dict[str, np.ndarray]) -> None:
+        self.config = config
+        self.kind = config.optimizer
+        self.t = 0  # updates made
+        self.state = {
+            f"{slot}.{name}": np.zeros_like(p) for slot in SLOTS[self.kind] for name, p in params.items()
+        }
+        self._tmp = {name: np.empty_like(p) for name, p in params.items()}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update every parameter in place from its gradient."""
+        self.t += 1
+        c = self.config
+        for name, p in params.items():
+            g, tmp = grads[name], self._tmp[name]
+            if self.kind == "adam":
+                m, v = self.state[f"m.{name}"], self.state[f"v.{name}"]
+                m *= c.beta1
+                np.multiply(g, 1 - c.beta1, out=tmp)
+                m += tmp
+                v *= c.beta2
+                np.multiply(g, g, out=tmp)
+                tmp *= 1 - c.beta2
+                v += tmp
+                # PyTorch's form: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+                np.sqrt(v, out=tmp)
+                tmp *= 1 / math.sqrt(1 - c.beta2**self.t)
+                tmp += c.eps
+                np.divide(m, tmp, out=tmp)
+                tmp *= lr / (1 - c.beta1**self.t)
+            elif self.kind == "adagrad":
+                sum_sq = self.state[f"sum_sq.{name}"]
+                np.multiply(g, g, out=tmp)
+                sum_sq += tmp
+                np.sqrt(sum_sq, out=tmp)
+                tmp += c.eps
+                np.divide(g, tmp, out=tmp)
+                tmp *= lr
+            else:
+                velocity = self.state[f"velocity.{name}"]
+                velocity *= c.momentum
+                velocity += g
+                np.multiply(velocity, lr, out=tmp)
+            p -= tmp
+
+    def load_state(self, state: dict[str, np.ndarray], t: int) -> None:
+        """Restore state saved from an optimizer of the same kind over the same parameters."""
+        for key, array in state.items():
+            np.copyto(self.state[key], array)
+        self.t = t

@@ -1,0 +1,56 @@
+"""Training progress on stderr: a tqdm bar on a terminal, a few plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Shows step, loss, val loss, chars/s and ETA. `bar=None` means: a bar only on a tty."""
+
+    def __init__(self, start: int, total: int, bar: bool | None = None, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        use_bar = stream.isatty() if bar is None else bar
+        self._bar = (
+            tqdm(total=total, initial=start, file=stream, unit="step", dynamic_ncols=True, leave=True)
+            if use_bar
+            else None
+        )
+        self.val_loss: float | None = None
+
+    def log(self, message: str) -> None:
+        """One line that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def update(self, step: int, loss: float, chars_per_sec: float) -> None:
+        if self._bar is None:
+            return
+        postfix = {"loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+        if self.val_loss is not None:
+            postfix["val"] = f"{self.val_loss:.3f}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def evaluated(self, step: int, train_loss: float, val_loss: float | None, chars_per_sec: float, eta: float | None) -> None:
+        """A plain line per evaluation: step, losses, speed, time left."""
+        self.val_loss = val_loss
+        val = f"  val {val_loss:.4f}" if val_loss is not None else ""
+        left = f"  eta {format_duration(eta)}" if eta is not None else ""
+        self.log(f"step {step}  loss {train_loss:.4f}{val}  {chars_per_sec:,.0f} chars/s{left}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

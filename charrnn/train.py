@@ -1,0 +1,346 @@
+"""The training loop: batch, forward, backward, clip, step, log, evaluate, checkpoint.
+
+`train()` owns a run directory (see README: Files a run writes): it resumes from its
+`latest.npz`, holds a lock on it while running, and on SIGINT/SIGTERM finishes the current
+step, saves, and raises `Interrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from charrnn import checkpoint
+from charrnn.checkpoint import BEST, LATEST, Checkpoint, CheckpointError
+from charrnn.config import Config, build_config
+from charrnn.data import Batcher, Source, encode_into, scan, split_train_val
+from charrnn.errors import CharRNNError, Interrupted, NonFiniteError, UsageError
+from charrnn.evaluate import evaluate
+from charrnn.model import CharRNN, ModelShape, init_params
+from charrnn.optim import Optimizer, clip_by_global_norm, learning_rate
+from charrnn.progress import Progress
+from charrnn.runlock import RunLock
+from charrnn.vocab import Vocab, describe_chars
+
+
+@dataclass
+class TrainState:
+    """Everything that resume needs besides the corpus: the checkpoint's contents, live."""
+
+    config: Config
+    vocab: Vocab
+    model: CharRNN
+    optimizer: Optimizer
+    rng: np.random.Generator  # dropout masks
+    step: int = 0
+    cursor: int = 0  # next chunk of the epoch
+    carry: np.ndarray | None = None  # (L, S, B, H) state at the cursor
+    best_val_loss: float | None = None
+    evals_since_best: int = 0
+
+    def to_checkpoint(self) -> Checkpoint:
+        meta = {
+            "vocab": list(self.vocab.chars),
+            "model": vars(self.model.shape),
+            "config": self.config.to_dict(),
+            "dtype": self.config.train.dtype,
+            "step": self.step,
+            "cursor": self.cursor,
+            "optimizer_t": self.optimizer.t,
+            "rng": self.rng.bit_generator.state,
+            "best_val_loss": self.best_val_loss,
+            "evals_since_best": self.evals_since_best,
+        }
+        return Checkpoint(self.model.params, meta, self.optimizer.state, self.carry)
+
+
+def new_state(config: Config, vocab: Vocab) -> TrainState:
+    """A freshly initialised model and optimizer."""
+    m = config.model
+    shape = ModelShape(len(vocab), m.cell, m.hidden_size, m.num_layers, m.dropout)
+    rng = np.random.default_rng(config.train.seed)
+    model = CharRNN(shape, init_params(shape, rng, np.dtype(config.train.dtype)))
+    return TrainState(config, vocab, model, Optimizer(config.train, model.params), rng)
+
+
+def _grow(array: np.ndarray, axis: int, extra: np.ndarray) -> np.ndarray:
+    return np.concatenate([array, extra.astype(array.dtype)], axis=axis)
+
+
+def grow_vocab(state: TrainState, vocab: Vocab) -> TrainState:
+    """Extend the model to a vocabulary that appends characters to the old one: new input rows
+    and output columns are initialised like fresh weights; their optimizer state starts at zero."""
+    old_v, new_v = len(state.vocab), len(vocab)
+    added = new_v - old_v
+    shape = replace(state.model.shape, vocab_size=new_v)
+    bound = 1.0 / math.sqrt(shape.hidden_size)
+    axes = {"layers.0.W_xh": 0, "W_hy": 1, "b_y": 0}
+    params = dict(state.model.params)
+    for name, axis in axes.items():
+        extra_shape = list(params[name].shape)
+        extra_shape[axis] = added
+        params[name] = _grow(params[name], axis, state.rng.uniform(-bound, bound, extra_shape))
+    model = CharRNN(shape, params)
+    optimizer = Optimizer(state.config.train, params)
+    for key, array in state.optimizer.state.items():
+        name = key.split(".", 1)[1]
+        if name in axes:
+            pad = list(array.shape)
+            pad[axes[name]] = added
+            array = _grow(array, axes[name], np.zeros(pad))
+        np.copyto(optimizer.state[key], array)
+    optimizer.t = state.optimizer.t
+    return replace(state, vocab=vocab, model=model, optimizer=optimizer)
+
+
+def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
+    """The live state of a saved run, continued under `config` (same model, maybe new train keys)."""
+    if vars(config.model) != vars(ckpt.config.model):
+        raise UsageError(
+            f"the run's model is {ckpt.config.model} but the config asks for {config.model}; "
+            "use --fresh or another --run-dir to train a different model"
+        )
+    if config.train.optimizer != ckpt.config.train.optimizer or config.train.dtype != ckpt.config.train.dtype:
+        raise UsageError("train.optimizer and train.dtype cannot change on resume; use --fresh")
+    model = ckpt.model()
+    optimizer = Optimizer(config.train, model.params)
+    if ckpt.optim_state:
+        optimizer.load_state(ckpt.optim_state, ckpt.meta["optimizer_t"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt.meta["rng"]
+    meta = ckpt.meta
+    return TrainState(
+        config, ckpt.vocab, model, optimizer, rng, meta["step"], meta["cursor"], ckpt.carry,
+        meta.get("best_val_loss"), meta.get("evals_since_best", 0),
+    )
+
+
+def load_run(run_dir: Path, log: Callable[[str], None]) -> Checkpoint | None:
+    """The run's latest checkpoint; if that is unreadable, its best (with a warning); else None."""
+    latest, best = run_dir / LATEST, run_dir / BEST
+    if latest.exists():
+        try:
+            return checkpoint.load(latest)
+        except CheckpointError as err:
+            if not best.exists():
+                raise
+            log(f"warning: {err}; resuming from {best} instead")
+    if best.exists():
+        return checkpoint.load(best)
+    return None
+
+
+class SignalStop:
+    """While active, SIGINT/SIGTERM only set `signum`; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> SignalStop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+def load_corpus(sources: Sequence[Source], vocab: Vocab | None) -> tuple[np.ndarray, Vocab]:
+    """Encode the corpus (streaming, two passes); a given vocabulary is extended, never reordered."""
+    chars, count = scan(sources)
+    if count == 0:
+        raise CharRNNError("the corpus is empty")
+    vocab = Vocab.from_chars(chars) if vocab is None else vocab.extend(chars)
+    ids = np.empty(count, vocab.dtype)
+    encode_into(sources, vocab, ids)
+    return ids, vocab
+
+
+def _write_config(path: Path, config: Config) -> None:
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+    checkpoint.atomic_write(path, lambda f: f.write(text))
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    chars_per_sec: float
+    elapsed: float
+    run_dir: Path
+
+
+def train(
+    sources: Sequence[Source],
+    run_dir: Path,
+    config_layers: Sequence[dict[str, Any]] = (),
+    steps: int | None = None,
+    time_limit: float | None = None,
+    fresh: bool = False,
+    progress_bar: bool | None = None,
+) -> TrainResult:
+    """Train (or resume training) a model in `run_dir` on the concatenated sources.
+
+    Runs `steps` steps, or until `train.max_steps` in total, or until `time_limit` seconds,
+    whichever comes first, then evaluates and saves.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        progress = Progress(0, 0, bar=False)
+        ckpt = None if fresh else load_run(run_dir, progress.log)
+        if ckpt is None:
+            config = build_config(list(config_layers))
+            ids, vocab = load_corpus(sources, None)
+            state = new_state(config, vocab)
+        else:
+            config = build_config([ckpt.meta["config"], *config_layers])
+            state = state_from_checkpoint(ckpt, config)
+            ids, vocab = load_corpus(sources, state.vocab)
+            if len(vocab) > len(state.vocab):
+                added = vocab.chars[len(state.vocab) :]
+                progress.log(f"vocabulary grew by {len(added)}: {describe_chars(added)}")
+                state = grow_vocab(state, vocab)
+        _write_config(run_dir / "config.yaml", config)
+        return _loop(state, ids, run_dir, steps, time_limit, progress_bar)
+
+
+def _loop(
+    state: TrainState,
+    ids: np.ndarray,
+    run_dir: Path,
+    steps: int | None,
+    time_limit: float | None,
+    progress_bar: bool | None,
+) -> TrainResult:
+    tc = state.config.train
+    train_ids, val_ids = split_train_val(ids, tc.val_fraction)
+    batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
+    model = state.model
+    if state.cursor >= batcher.chunks_per_epoch or state.carry is None or state.carry.shape[2] != tc.batch_size:
+        state.cursor, state.carry = 0, None
+    target = state.step + steps if steps is not None else tc.max_steps
+    chars_per_step = tc.batch_size * tc.seq_len
+    progress = Progress(state.step, max(target, state.step), bar=progress_bar)
+    progress.log(
+        f"{model.shape.cell} {model.shape.num_layers}x{model.shape.hidden_size}, vocab {len(state.vocab)}, "
+        f"{len(train_ids):,} train / {len(val_ids):,} val chars, step {state.step} -> {target}, run {run_dir}"
+    )
+    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    started = time.perf_counter()
+    window_start, window_losses = started, []
+    last_loss: float | None = None
+    val_loss: float | None = None
+    evaluated_at = -1
+
+    def record(event: dict[str, Any]) -> None:
+        metrics.write(json.dumps(event) + "\n")
+        metrics.flush()
+
+    def speed() -> float:
+        return len(window_losses) * chars_per_step / max(time.perf_counter() - window_start, 1e-9)
+
+    first_step = state.step
+
+    def eta(step: int) -> float:
+        spent = time.perf_counter() - started
+        left = (target - step) * spent / max(step - first_step, 1)
+        return left if time_limit is None else min(left, max(time_limit - spent, 0.0))
+
+    def evaluate_and_save() -> None:
+        nonlocal val_loss, evaluated_at
+        val_loss = None
+        if len(val_ids) >= 2:
+            val_loss = evaluate(model, val_ids, streams=tc.batch_size, seq_len=tc.seq_len).loss
+        improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+        if improved:
+            state.best_val_loss, state.evals_since_best = val_loss, 0
+        elif val_loss is not None:
+            state.evals_since_best += 1
+        ckpt = state.to_checkpoint()
+        checkpoint.save(run_dir / LATEST, ckpt)
+        if improved or val_loss is None:
+            checkpoint.save(run_dir / BEST, ckpt)
+        evaluated_at = state.step
+
+    try:
+        with SignalStop() as stop:
+            while state.step < target:
+                if time_limit is not None and time.perf_counter() - started >= time_limit:
+                    break
+                if state.cursor == 0 or state.carry is None:
+                    state.carry = model.initial_state(tc.batch_size)
+                x, y = batcher.chunk(state.cursor)
+                loss, carry = model.loss(x, y, state.carry, state.rng if model.shape.dropout > 0 else None)
+                if not math.isfinite(loss):
+                    raise NonFiniteError(f"loss is {loss} at step {state.step}")
+                grads = model.backward()
+                clip_by_global_norm(grads, tc.grad_clip)
+                state.optimizer.step(model.params, grads, learning_rate(tc, state.step))
+                state.carry = carry
+                state.step += 1
+                state.cursor = (state.cursor + 1) % batcher.chunks_per_epoch
+                window_losses.append(loss)
+                last_loss = loss
+                progress.update(state.step, loss, speed())
+                if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
+                    event = {
+                        "step": state.step,
+                        "train_loss": float(np.mean(window_losses)),
+                        "chars_per_sec": speed(),
+                        "lr": learning_rate(tc, state.step),
+                        "elapsed": time.perf_counter() - started,
+                    }
+                    if state.step % tc.eval_every == 0:
+                        evaluate_and_save()
+                        event["val_loss"] = val_loss
+                        progress.evaluated(
+                            state.step, event["train_loss"], val_loss, event["chars_per_sec"], eta(state.step)
+                        )
+                    record(event)
+                    window_start, window_losses = time.perf_counter(), []
+                    if tc.patience and state.evals_since_best >= tc.patience:
+                        progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
+                        break
+                if stop.signum is not None:
+                    break
+            if evaluated_at != state.step:
+                evaluate_and_save()
+                record({"step": state.step, "train_loss": last_loss, "val_loss": val_loss,
+                        "elapsed": time.perf_counter() - started, "chars_per_sec": speed()})
+            if stop.signum is not None:
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
+    except NonFiniteError as err:
+        raise NonFiniteError(
+            f"{err}; stopping. The last good checkpoint is {run_dir / LATEST}. Try a lower train.lr"
+        ) from None
+    finally:
+        metrics.close()
+        progress.close()
+    elapsed = time.perf_counter() - started
+    result = TrainResult(state.step, last_loss, val_loss, state.best_val_loss, speed(), elapsed, run_dir)
+    progress.log(
+        f"done: step {state.step}, val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+        f"best {state.best_val_loss if state.best_val_loss is None else round(state.best_val_loss, 4)}, "
+        f"{elapsed:.1f}s"
+    )
+    return result

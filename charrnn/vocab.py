@@ -1,0 +1,85 @@
+"""The one-hot encoder: characters <-> integer ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ids below `vocab_size`."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise ValueError(f"vocabulary of {vocab_size} characters is too large")
+
+
+def describe_chars(chars: Iterable[str], limit: int = 20) -> str:
+    """A readable list of characters: 'a', '\\n', '😀' ..."""
+    shown = [repr(ch) for ch in sorted(set(chars))]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+class Vocab:
+    """Characters in id order. Built sorted by code point; `extend` appends, so old ids keep
+    their meaning. Any Unicode character is a character (CR and LF are two)."""
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars: tuple[str, ...] = tuple(chars)
+        if len(set(self.chars)) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
+            raise ValueError("vocabulary must hold distinct single characters")
+        codes = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)
+        self._order = np.argsort(codes, kind="stable")
+        self._sorted_codes = codes[self._order]  # for encoding by binary search
+
+    @classmethod
+    def from_chars(cls, chars: Iterable[str]) -> Vocab:
+        return cls(sorted(set(chars)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    @property
+    def dtype(self) -> np.dtype:
+        return id_dtype(len(self))
+
+    def encode(self, text: str) -> np.ndarray:
+        """ids (len(text),) in the smallest dtype. Unknown characters raise an error listing them."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        if len(self) == 0:
+            pos = np.zeros(codes.shape, np.intp)
+            known = np.zeros(codes.shape, bool)
+        else:
+            pos = np.minimum(np.searchsorted(self._sorted_codes, codes), len(self) - 1)
+            known = self._sorted_codes[pos] == codes
+        if not known.all():
+            unknown = {chr(c) for c in codes[~known]}
+            raise CharRNNError(f"characters not in the model's vocabulary: {describe_chars(unknown)}")
+        return self._order[pos].astype(self.dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def one_hot(self, ids: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
+        """ids (...) -> (..., V) with a single 1 per row (the lecture's input encoding)."""
+        return np.eye(len(self), dtype=dtype)[ids]
+
+    def extend(self, chars: Iterable[str]) -> Vocab:
+        """This vocabulary plus the new characters among `chars`, appended in code-point order."""
+        known = set(self.chars)
+        return Vocab(self.chars + tuple(sorted(set(chars) - known)))
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.chars), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        return cls(json.loads(text))
