@@ -8,13 +8,15 @@ order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng` and `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -86,10 +88,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise CharRNNError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
         if tmp_name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def save(path: Path, ckpt: Checkpoint) -> None:
@@ -114,6 +114,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if magic != b"PK\x03\x04":
         raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz archive)")
     try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # np.load does not check the CRCs; a flipped byte would load
+        if bad is not None:
+            raise CheckpointError(f"{path} is corrupt: entry {bad} fails its checksum")
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except ValueError as err:

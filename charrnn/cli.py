@@ -52,10 +52,26 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("corpus", nargs=-1, required=True)
-@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file.")
-@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. model.hidden_size=256 (repeatable).")
-@click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory  [default: runs/<corpus name>]")
-@click.option("--steps", type=click.IntRange(min=0), help="Steps to run in this invocation  [default: until train.max_steps]")
+@click.option(
+    "-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
+)
+@click.option(
+    "-s",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. model.hidden_size=256 (repeatable).",
+)
+@click.option(
+    "-o",
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory  [default: runs/<corpus name>]",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=0), help="Steps to run in this invocation  [default: until train.max_steps]"
+)
 @click.option("--time", "time_limit", type=Duration(), help="Stop cleanly after this wall time (90s, 10m, 2h).")
 @click.option("--seed", type=click.IntRange(min=0), help="Shortcut for --set train.seed=N.")
 @click.option("--fresh", is_flag=True, help="Start over even if the run directory has a checkpoint.")
@@ -94,12 +110,29 @@ def train(
 @cli.command()
 @click.option("-m", "--model", help="Run directory or .npz  [default: the most recent run under runs/]")
 @click.option("-n", "--len", "length", type=click.IntRange(min=0), default=200, help="Characters to generate.")
-@click.option("-t", "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature (> 0); lower is more conservative.")
-@click.option("-k", "--top-k", type=click.IntRange(min=0), default=0, help="Sample only from the K most likely characters (0: all).")
+@click.option(
+    "-t",
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    help="Softmax temperature (> 0); lower is more conservative.",
+)
+@click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Sample only from the K most likely characters (0: all).",
+)
 @click.option("-p", "--prime", default="", help="Text to start from; printed first.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed; the same seed gives the same text.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Independent samples, generated together; separated by blank lines.")
+@click.option(
+    "--num-samples",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Independent samples, generated together; separated by blank lines.",
+)
 def sample(
     model: str | None,
     length: int,
@@ -131,7 +164,9 @@ def sample(
 @click.argument("files", nargs=-1, required=True)
 @click.option("-m", "--model", help="Run directory or .npz  [default: the most recent run under runs/]")
 @click.option("--json", "as_json", is_flag=True, help='One JSON object {"loss", "bpc", "perplexity", "chars"}.')
-@click.option("--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks).")
+@click.option(
+    "--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks)."
+)
 def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int) -> None:
     """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity."""
     ckpt = _load_model(model)
@@ -166,4 +201,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("charrnn: error: out of memory; try a smaller model or batch", err=True)
         code = 1
     sys.exit(code or 0)
-

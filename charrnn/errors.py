@@ -23,7 +23,7 @@ class NonFiniteError(CharRNNError):
     """The loss or a gradient became NaN or infinite."""
 
 
-class Interrupted(CharRNNError):
+class SignalError(CharRNNError):
     """Training stopped by a signal after saving; exit code 128 + signal number."""
 
     def __init__(self, message: str, signum: int) -> None:

@@ -51,10 +51,7 @@ class ModelShape:
 def init_params(shape: ModelShape, rng: np.random.Generator, dtype: np.dtype) -> dict[str, np.ndarray]:
     """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as PyTorch initialises its RNNs."""
     bound = 1.0 / np.sqrt(shape.hidden_size)
-    return {
-        name: rng.uniform(-bound, bound, size).astype(dtype)
-        for name, size in shape.param_shapes().items()
-    }
+    return {name: rng.uniform(-bound, bound, size).astype(dtype) for name, size in shape.param_shapes().items()}
 
 
 class CharRNN:

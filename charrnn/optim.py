@@ -48,9 +48,7 @@ class Optimizer:
         self.config = config
         self.kind = config.optimizer
         self.t = 0  # updates made
-        self.state = {
-            f"{slot}.{name}": np.zeros_like(p) for slot in SLOTS[self.kind] for name, p in params.items()
-        }
+        self.state = {f"{slot}.{name}": np.zeros_like(p) for slot in SLOTS[self.kind] for name, p in params.items()}
         self._tmp = {name: np.empty_like(p) for name, p in params.items()}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:

@@ -44,7 +44,9 @@ class Progress:
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(step - self._bar.n)
 
-    def evaluated(self, step: int, train_loss: float, val_loss: float | None, chars_per_sec: float, eta: float | None) -> None:
+    def evaluated(
+        self, step: int, train_loss: float, val_loss: float | None, chars_per_sec: float, eta: float | None
+    ) -> None:
         """A plain line per evaluation: step, losses, speed, time left."""
         self.val_loss = val_loss
         val = f"  val {val_loss:.4f}" if val_loss is not None else ""

@@ -38,11 +38,12 @@ def generate(
     greedy: bool = False,
     num_samples: int = 1,
 ) -> Iterator[np.ndarray]:
-    """Yield `length` steps of ids (num_samples,), one per generated character.
+    """An iterator over `length` steps of ids (num_samples,), one per generated character.
 
     With a prime, the state is built from it and the first character follows it. Without, the
     model is started on a newline (or, if the vocabulary lacks one, a random character) that
-    is not part of the output.
+    is not part of the output. A prime with characters outside the vocabulary fails here,
+    before anything is generated.
     """
     if prime:
         seed_ids = vocab.encode(prime).astype(np.int64)
@@ -50,6 +51,19 @@ def generate(
         seed_ids = np.array([vocab.chars.index("\n")])
     else:
         seed_ids = rng.integers(len(vocab), size=1)
+    return _feedback_loop(model, seed_ids, length, rng, temperature, top_k, greedy, num_samples)
+
+
+def _feedback_loop(
+    model: CharRNN,
+    seed_ids: np.ndarray,
+    length: int,
+    rng: np.random.Generator,
+    temperature: float,
+    top_k: int,
+    greedy: bool,
+    num_samples: int,
+) -> Iterator[np.ndarray]:
     state = model.initial_state(num_samples)
     x = np.repeat(seed_ids[:, None], num_samples, axis=1)  # (P, N)
     for _ in range(length):

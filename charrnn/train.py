@@ -2,14 +2,13 @@
 
 `train()` owns a run directory (see README: Files a run writes): it resumes from its
 `latest.npz`, holds a lock on it while running, and on SIGINT/SIGTERM finishes the current
-step, saves, and raises `Interrupted`.
+step, saves, and raises `SignalError`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from charrnn import checkpoint
 from charrnn.checkpoint import BEST, LATEST, Checkpoint, CheckpointError
 from charrnn.config import Config, build_config
 from charrnn.data import Batcher, Source, encode_into, scan, split_train_val
-from charrnn.errors import CharRNNError, Interrupted, NonFiniteError, UsageError
+from charrnn.errors import CharRNNError, NonFiniteError, SignalError, UsageError
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, ModelShape, init_params
 from charrnn.optim import Optimizer, clip_by_global_norm, learning_rate
@@ -120,8 +119,16 @@ def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
     rng.bit_generator.state = ckpt.meta["rng"]
     meta = ckpt.meta
     return TrainState(
-        config, ckpt.vocab, model, optimizer, rng, meta["step"], meta["cursor"], ckpt.carry,
-        meta.get("best_val_loss"), meta.get("evals_since_best", 0),
+        config,
+        ckpt.vocab,
+        model,
+        optimizer,
+        rng,
+        meta["step"],
+        meta["cursor"],
+        ckpt.carry,
+        meta.get("best_val_loss"),
+        meta.get("evals_since_best", 0),
     )
 
 
@@ -244,7 +251,7 @@ def _loop(
         f"{model.shape.cell} {model.shape.num_layers}x{model.shape.hidden_size}, vocab {len(state.vocab)}, "
         f"{len(train_ids):,} train / {len(val_ids):,} val chars, step {state.step} -> {target}, run {run_dir}"
     )
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
     started = time.perf_counter()
     window_start, window_losses = started, []
     last_loss: float | None = None
@@ -324,11 +331,18 @@ def _loop(
                     break
             if evaluated_at != state.step:
                 evaluate_and_save()
-                record({"step": state.step, "train_loss": last_loss, "val_loss": val_loss,
-                        "elapsed": time.perf_counter() - started, "chars_per_sec": speed()})
+                record(
+                    {
+                        "step": state.step,
+                        "train_loss": last_loss,
+                        "val_loss": val_loss,
+                        "elapsed": time.perf_counter() - started,
+                        "chars_per_sec": speed(),
+                    }
+                )
             if stop.signum is not None:
                 name = signal.Signals(stop.signum).name
-                raise Interrupted(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
+                raise SignalError(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
     except NonFiniteError as err:
         raise NonFiniteError(
             f"{err}; stopping. The last good checkpoint is {run_dir / LATEST}. Try a lower train.lr"

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from charrnn.model import CharRNN, ModelShape, init_params
+
+TINY = [
+    "-s",
+    "model.hidden_size=16",
+    "-s",
+    "train.batch_size=4",
+    "-s",
+    "train.seq_len=8",
+    "-s",
+    "train.eval_every=10",
+    "-s",
+    "train.log_every=5",
+]
+
+
+def run_cli(
+    *args: str, cwd: Path, input: bytes | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`python -m charrnn ARGS` in a real subprocess, as a user would run it."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    """A user error: the exit code, one line on stderr that says what is wrong, no traceback."""
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+    assert proc.stdout == b""
+    return lines[0]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small generated corpus with some structure (and non-ASCII characters)."""
+    words = ["the", "cat", "sat", "on", "mat", "café", "naïve", "über", "dog", "ran"]
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6)) for i in range(300)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_model(
+    cell: str, layers: int = 2, dropout: float = 0.0, V: int = 7, H: int = 5, seed: int = 0, scale: float = 3.0
+) -> CharRNN:
+    """A float64 model with weights large enough that every nonlinearity is exercised."""
+    shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers, dropout=dropout)
+    params = init_params(shape, __import__("numpy").random.default_rng(seed), __import__("numpy").float64)
+    for p in params.values():
+        p *= scale
+    return CharRNN(shape, params)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn import checkpoint
+from charrnn.checkpoint import CheckpointError
+from charrnn.config import Config
+from charrnn.train import new_state
+from charrnn.vocab import Vocab
+
+
+def saved(tmp_path: Path, cell: str = "lstm") -> Path:
+    config = Config()
+    config.model.cell, config.model.hidden_size = cell, 8
+    state = new_state(config, Vocab.from_chars("abc\n"))
+    path = tmp_path / "model.npz"
+    checkpoint.save(path, state.to_checkpoint())
+    return path
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_round_trip_keeps_every_array_and_meta(tmp_path: Path, cell: str) -> None:
+    config = Config()
+    config.model.cell = cell
+    state = new_state(config, Vocab.from_chars("héllo\n"))
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, state.to_checkpoint())
+    loaded = checkpoint.load(path)
+    for name, p in state.model.params.items():
+        np.testing.assert_array_equal(loaded.params[name], p)
+        assert loaded.params[name].dtype == np.float32
+    assert loaded.vocab == state.vocab
+    assert loaded.meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert loaded.meta["model"]["cell"] == cell and loaded.meta["step"] == 0
+    with np.load(path, allow_pickle=False) as archive:  # documented names
+        assert "param.layers.0.W_xh" in archive.files and "param.W_hy" in archive.files
+
+
+def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        checkpoint.load(path)
+
+
+def test_corrupt_bytes_are_a_clear_error(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xa5" * 64  # the optimizer state is zeros: use non-zero
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=str(path)):
+        checkpoint.load(path)
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"not an \.npz"):
+        checkpoint.load(text)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(CheckpointError, match="no meta"):
+        checkpoint.load(other)
+
+
+def test_pickle_bearing_npz_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickled"):
+        checkpoint.load(path)
+
+
+def _rewrite(path: Path, change) -> None:
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    change(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+def test_shapes_and_dtypes_are_validated_against_meta(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    _rewrite(path, lambda a: a.__setitem__("param.W_hy", np.zeros((3, 3), np.float32)))
+    with pytest.raises(CheckpointError, match="W_hy has shape"):
+        checkpoint.load(path)
+    path = saved(tmp_path)
+    _rewrite(path, lambda a: a.__setitem__("param.b_y", a["param.b_y"].astype(np.float64)))
+    with pytest.raises(CheckpointError, match="dtype"):
+        checkpoint.load(path)
+
+
+def test_meta_from_a_future_format_is_refused(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+
+    def bump(arrays: dict) -> None:
+        meta = json.loads(arrays["meta"].tobytes())
+        meta["format_version"] = 99
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+    _rewrite(path, bump)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        checkpoint.load(path)
+
+
+def test_failed_write_leaves_the_old_file_untouched(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    before = path.read_bytes()
+
+    def explode(f) -> None:
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(Exception, match="No space left"):
+        checkpoint.atomic_write(path, explode)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind

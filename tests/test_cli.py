@@ -1,0 +1,120 @@
+"""The command line through a real subprocess: train -> sample -> eval, pipes, and user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import TINY, assert_clean_error, run_cli
+
+from charrnn import checkpoint
+
+
+def test_train_sample_eval_end_to_end(tmp_path: Path, corpus: Path) -> None:
+    proc = run_cli("train", str(corpus), *TINY, "--steps", "30", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b""  # stdout stays clean for pipelines
+    run = tmp_path / "runs" / "corpus"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "latest.npz", "best.npz", "metrics.jsonl"}
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden_size"] == 16
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "train_loss", "chars_per_sec", "elapsed"} <= set(events[0])
+    assert any("val_loss" in e for e in events) and events[-1]["step"] == 30
+    meta = checkpoint.load(run / "latest.npz").meta
+    assert meta["step"] == 30 and meta["format_version"] == 1
+
+    sample = run_cli("sample", "-n", "50", "--seed", "3", "-p", "the ", cwd=tmp_path)
+    assert sample.returncode == 0 and sample.stderr == b""
+    text = sample.stdout.decode()
+    assert text.startswith("the ") and len(text) == 54
+    again = run_cli("sample", "-n", "50", "--seed", "3", "-p", "the ", "-m", str(run), cwd=tmp_path)
+    assert again.stdout == sample.stdout
+
+    ev = run_cli("eval", str(corpus), "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr.decode()
+    result = json.loads(ev.stdout)
+    assert result["chars"] == len(corpus.read_text()) - 1
+    assert np.isclose(result["bpc"], result["loss"] / np.log(2))
+    assert np.isclose(result["perplexity"], np.exp(result["loss"]))
+    assert result["loss"] < np.log(len(set(corpus.read_text())))  # better than uniform
+
+
+def test_stdin_corpus_and_stdin_eval(tmp_path: Path, corpus: Path) -> None:
+    data = corpus.read_bytes()
+    proc = run_cli("train", "-", *TINY, "--steps", "10", "-q", cwd=tmp_path, input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (tmp_path / "runs" / "stdin" / "best.npz").exists()
+    from_file = run_cli("eval", str(corpus), "--json", cwd=tmp_path)
+    from_stdin = run_cli("eval", "-", "--json", cwd=tmp_path, input=data)
+    assert json.loads(from_file.stdout) == json.loads(from_stdin.stdout)
+
+
+def test_num_samples_prints_each_sample_separated_by_a_blank_line(tmp_path: Path, corpus: Path) -> None:
+    run_cli("train", str(corpus), *TINY, "--steps", "5", "-q", cwd=tmp_path)
+    single = run_cli("sample", "--greedy", "-n", "20", "-p", "the", cwd=tmp_path).stdout.decode()
+    batch = run_cli("sample", "--greedy", "--num-samples", "3", "-n", "20", "-p", "the", cwd=tmp_path)
+    assert batch.stdout.decode() == "\n\n".join([single] * 3)
+
+
+def test_prime_with_unknown_characters(tmp_path: Path, corpus: Path) -> None:
+    run_cli("train", str(corpus), *TINY, "--steps", "5", "-q", cwd=tmp_path)
+    assert_clean_error(run_cli("sample", "-p", "Xyz", cwd=tmp_path), 1, "'X'")
+
+
+def test_eval_lists_characters_outside_the_vocabulary(tmp_path: Path, corpus: Path) -> None:
+    run_cli("train", str(corpus), *TINY, "--steps", "5", "-q", cwd=tmp_path)
+    (tmp_path / "new.txt").write_text("the cat Q and 😀")
+    assert_clean_error(run_cli("eval", "new.txt", cwd=tmp_path), 1, "'Q'", "'😀'")
+
+
+def test_missing_corpus(tmp_path: Path) -> None:
+    assert_clean_error(run_cli("train", "nope.txt", cwd=tmp_path), 2, "no such file: nope.txt")
+
+
+def test_empty_corpus(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    assert_clean_error(run_cli("train", "empty.txt", cwd=tmp_path), 1, "empty")
+
+
+def test_corpus_shorter_than_one_chunk(tmp_path: Path) -> None:
+    (tmp_path / "short.txt").write_text("tiny text")
+    assert_clean_error(run_cli("train", "short.txt", cwd=tmp_path), 1, "shorter than one chunk")
+
+
+def test_invalid_utf8_gives_the_offset(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"good text \xc3\x28 more")
+    assert_clean_error(run_cli("train", "bad.txt", cwd=tmp_path), 1, "not valid UTF-8", "offset 10")
+
+
+def test_unknown_config_key(tmp_path: Path, corpus: Path) -> None:
+    line = assert_clean_error(run_cli("train", str(corpus), "-s", "model.hiden_size=8", cwd=tmp_path), 2)
+    assert "model.hiden_size" in line and "hidden_size" in line
+    (tmp_path / "c.yaml").write_text("train:\n  bach_size: 4\n")
+    assert_clean_error(run_cli("train", str(corpus), "-c", "c.yaml", cwd=tmp_path), 2, "train.bach_size")
+
+
+def test_bad_set(tmp_path: Path, corpus: Path) -> None:
+    assert_clean_error(run_cli("train", str(corpus), "-s", "model.hidden_size", cwd=tmp_path), 2, "KEY=VALUE")
+    assert_clean_error(run_cli("train", str(corpus), "-s", "train.lr=fast", cwd=tmp_path), 2, "train.lr")
+
+
+def test_sample_without_any_model(tmp_path: Path) -> None:
+    assert_clean_error(run_cli("sample", cwd=tmp_path), 2, "no trained model")
+
+
+def test_sample_into_a_closed_pipe_is_quiet(tmp_path: Path, corpus: Path) -> None:
+    import subprocess
+    import sys
+
+    run_cli("train", str(corpus), *TINY, "--steps", "5", "-q", cwd=tmp_path)
+    proc = subprocess.run(
+        f"{sys.executable} -m charrnn sample -n 200000 | head -c 10",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert len(proc.stdout) == 10
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charrnn.config import Config, build_config, load_yaml, parse_override
+from charrnn.errors import UsageError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_overrides_are_typed_by_yaml() -> None:
+    config = build_config([parse_override("model.hidden_size=256"), parse_override("train.lr=3e-4")])
+    assert config.model.hidden_size == 256 and config.train.lr == 3e-4
+
+
+def test_unknown_key_names_the_path_and_the_nearest_key() -> None:
+    with pytest.raises(UsageError, match=r"model\.hiden_size.*hidden_size"):
+        build_config([{"model": {"hiden_size": 3}}])
+    with pytest.raises(UsageError, match="unknown config key trian"):
+        build_config([{"trian": {}}])
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(UsageError, match=r"train\.batch_size: expected int"):
+        build_config([{"train": {"batch_size": "big"}}])
+    with pytest.raises(UsageError, match="expected int"):
+        build_config([{"train": {"batch_size": True}}])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.hidden_size=-1",
+        "train.seq_len=0",
+        "model.cell=transformer",
+        "model.dropout=1.0",
+        "train.lr=0",
+        "model.hidden_size=10000000",
+        "train.dtype=float16",
+    ],
+)
+def test_absurd_values_are_refused(override: str) -> None:
+    with pytest.raises(UsageError):
+        build_config([parse_override(override)])
+
+
+@pytest.mark.parametrize("text", ["model.hidden_size", "=3", "noequals"])
+def test_malformed_set_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_override(text)
+
+
+def test_python_tags_in_yaml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(UsageError, match="not plain YAML"):
+        load_yaml(path)
+
+
+def test_default_yaml_lists_every_key_with_the_dataclass_defaults() -> None:
+    """configs/default.yaml and the dataclasses are the same source of truth for defaults."""
+    shipped = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    defaults = Config().to_dict()
+    assert set(shipped) == set(defaults)
+    for section in defaults:
+        assert set(shipped[section]) == set(defaults[section]), section
+    assert build_config([shipped]).to_dict() == defaults
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_is_valid(name: str) -> None:
+    build_config([load_yaml(CONFIGS / name)])

@@ -1,0 +1,105 @@
+"""Every backward pass against float64 central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_model
+from gradcheck import numeric_grad, rel_error
+
+from charrnn.layers import CELLS, embedding, linear, loss
+
+TOL = 1e-6
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_cell_backward_matches_finite_differences(cell: str) -> None:
+    mod = CELLS[cell]
+    rng = np.random.default_rng(1)
+    T, B, H = 4, 3, 5
+    xw = rng.normal(size=(T, B, mod.GATES * H))
+    state0 = rng.normal(size=(mod.STATE, B, H))
+    params = {"W_hh": rng.normal(size=(H, mod.GATES * H))}
+    if "b_hn" in mod.RECURRENT_PARAMS:
+        params["b_hn"] = rng.normal(size=H)
+    dhs = rng.normal(size=(T, B, H))
+    dstateT = rng.normal(size=(mod.STATE, B, H))
+
+    def f() -> float:
+        hs, stateT, _ = mod.forward(xw, state0, params)
+        return float(np.sum(hs * dhs) + np.sum(stateT * dstateT))
+
+    _, _, cache = mod.forward(xw, state0, params)
+    dxw, dstate0, grads = mod.backward(dhs, cache, dstateT)
+    assert rel_error(dxw, numeric_grad(f, xw)) < TOL
+    assert rel_error(dstate0, numeric_grad(f, state0)) < TOL
+    for name, p in params.items():
+        assert rel_error(grads[name], numeric_grad(f, p)) < TOL, name
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_model_gradients_for_every_parameter_and_initial_state(cell: str, dropout: float) -> None:
+    """Two stacked layers; with dropout the mask is fixed by re-seeding its generator."""
+    model = make_model(cell, layers=2, dropout=dropout)
+    rng = np.random.default_rng(2)
+    T, B = 4, 3
+    ids, targets = rng.integers(0, 7, (T, B)), rng.integers(0, 7, (T, B))
+    state0 = rng.normal(size=model.shape.state_shape(B))
+    dstateT = rng.normal(size=model.shape.state_shape(B))  # as if a later chunk sent gradient back
+
+    def f() -> float:
+        mask_rng = np.random.default_rng(5) if dropout else None
+        value, stateT = model.loss(ids, targets, state0, mask_rng)
+        return value + float(np.sum(stateT * dstateT))
+
+    f()
+    grads = {k: v.copy() for k, v in model.backward(dstateT).items()}
+    dstate0 = model.dstate0.copy()
+    assert set(grads) == set(model.params)
+    for name, p in model.params.items():
+        assert rel_error(grads[name], numeric_grad(f, p)) < TOL, name
+    assert rel_error(dstate0, numeric_grad(f, state0)) < TOL
+
+
+def test_dropout_changes_the_loss_only_in_training() -> None:
+    model = make_model("lstm", layers=2, dropout=0.5)
+    rng = np.random.default_rng(3)
+    ids, targets = rng.integers(0, 7, (4, 3)), rng.integers(0, 7, (4, 3))
+    state = model.initial_state(3)
+    plain, _ = model.loss(ids, targets, state)
+    dropped, _ = model.loss(ids, targets, state, np.random.default_rng(0))
+    assert plain != dropped
+    logits_a, _ = model.logits(ids, state)
+    logits_a = logits_a.copy()
+    logits_b, _ = model.logits(ids, state)
+    np.testing.assert_array_equal(logits_a, logits_b)
+
+
+def test_embedding_linear_and_softmax_backward() -> None:
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 6, (3, 2))
+    W, b = rng.normal(size=(6, 4)), rng.normal(size=4)
+    dout = rng.normal(size=(3, 2, 4))
+    dW, db = embedding.backward(dout, ids, 6)
+    f = lambda: float(np.sum(embedding.forward(ids, W, b) * dout))  # noqa: E731
+    assert rel_error(dW, numeric_grad(f, W)) < TOL and rel_error(db, numeric_grad(f, b)) < TOL
+
+    x, W2, b2 = rng.normal(size=(3, 2, 4)), rng.normal(size=(4, 5)), rng.normal(size=5)
+    dout2 = rng.normal(size=(3, 2, 5))
+    dx, dW2, db2 = linear.backward(dout2, x, W2)
+    g = lambda: float(np.sum(linear.forward(x, W2, b2) * dout2))  # noqa: E731
+    for analytic, p in ((dx, x), (dW2, W2), (db2, b2)):
+        assert rel_error(analytic, numeric_grad(g, p)) < TOL
+
+    logits, targets = rng.normal(size=(6, 5)), rng.integers(0, 5, 6)
+    _, dlogits = loss.softmax_xent(logits.copy(), targets)
+    h = lambda: loss.softmax_xent(logits.copy(), targets)[0]  # noqa: E731
+    assert rel_error(dlogits, numeric_grad(h, logits)) < TOL
+
+
+def test_softmax_loss_of_near_uniform_scores_is_log_v() -> None:
+    """The cs231n sanity check: tiny random scores over V = 10 classes give about ln(10)."""
+    rng = np.random.default_rng(0)
+    value, _ = loss.softmax_xent(0.001 * rng.normal(size=(5000, 10)), rng.integers(0, 10, 5000))
+    assert abs(value - np.log(10)) < 1e-2
