@@ -46,8 +46,14 @@ def alternate(task: str, args: tuple, rounds: int) -> dict:
             runs[engine].append(measure(engine, task, *args))
     speed = {e: statistics.median(r["chars_per_sec"] for r in rs) for e, rs in runs.items()}
     rss = {e: max(r["peak_rss_mib"] for r in rs) for e, rs in runs.items()}
-    return {"args": args, "charrnn": speed["charrnn"], "torch": speed["torch"],
-            "ratio": speed["charrnn"] / speed["torch"], "rss_charrnn": rss["charrnn"], "rss_torch": rss["torch"]}
+    return {
+        "args": args,
+        "charrnn": speed["charrnn"],
+        "torch": speed["torch"],
+        "ratio": speed["charrnn"] / speed["torch"],
+        "rss_charrnn": rss["charrnn"],
+        "rss_torch": rss["torch"],
+    }
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -71,13 +77,16 @@ def main() -> None:
     parser.add_argument("--only", choices=["train", "sample", "eval", "gemm"])
     opts = parser.parse_args()
     rounds = 1 if opts.quick else opts.rounds
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "date": time.strftime("%Y-%m-%d"), "rounds": rounds}
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "rounds": rounds,
+    }
     if opts.only in (None, "gemm"):
         results["gemm_gflops"] = gemm_gflops()
         print(f"np.matmul float32 2048^3: {results['gemm_gflops']:.0f} GFLOP/s", flush=True)
     if opts.only in (None, "train"):
-        print("\n| config (float32, Adam, clip 5) | charrnn chars/s | torch chars/s | ratio | peak RSS MiB (charrnn / torch) |")
+        print("\n| config (float32, Adam, clip 5) | charrnn chars/s | torch chars/s | ratio | peak RSS MiB |")
         print("| --- | --- | --- | --- | --- |")
         results["train"] = []
         for cell, H, L, B, T, steps in TRAIN[:1] if opts.quick else TRAIN:
@@ -85,17 +94,22 @@ def main() -> None:
             results["train"].append(r)
             flops = 6 * H * (H + 65) * L if cell == "rnn" else None
             note = f" ({r['charrnn'] * flops / 1e9:.1f} GFLOP/s)" if flops and L == 1 else ""
-            print(f"| {cell}, H {H}, {L} layer{'s' * (L > 1)}, B {B}, T {T} | {r['charrnn']:,.0f}{note} | "
-                  f"{r['torch']:,.0f} | **{r['ratio']:.2f}** | {r['rss_charrnn']:.0f} / {r['rss_torch']:.0f} |",
-                  flush=True)
+            print(
+                f"| {cell}, H {H}, {L} layer{'s' * (L > 1)}, B {B}, T {T} | {r['charrnn']:,.0f}{note} | "
+                f"{r['torch']:,.0f} | **{r['ratio']:.2f}** | {r['rss_charrnn']:.0f} / {r['rss_torch']:.0f} |",
+                flush=True,
+            )
     if opts.only in (None, "sample") and not opts.quick:
         print("\n| sampling | charrnn chars/s | torch chars/s | ratio |\n| --- | --- | --- | --- |")
         results["sample"] = []
         for cell, H, L, streams, chars in SAMPLE:
             r = alternate("sample", (cell, H, L, streams, chars), rounds)
             results["sample"].append(r)
-            print(f"| {cell} {L}x{H}, {streams} stream(s) | {r['charrnn']:,.0f} | {r['torch']:,.0f} | "
-                  f"**{r['ratio']:.2f}** |", flush=True)
+            print(
+                f"| {cell} {L}x{H}, {streams} stream(s) | {r['charrnn']:,.0f} | {r['torch']:,.0f} | "
+                f"**{r['ratio']:.2f}** |",
+                flush=True,
+            )
         one, many = results["sample"][0]["charrnn"], results["sample"][1]["charrnn"]
         print(f"\ncharrnn 32 streams / 1 stream: {many / one:.1f}x chars/s")
     if opts.only in (None, "eval") and not opts.quick:

@@ -147,15 +147,8 @@ def torch_train(cell: str, H: int, L: int, B: int, T: int, steps: int) -> list[f
     return times[WARMUP:]
 
 
-@__import__("functools").lru_cache
-def _torch():
-    import torch
-
-    return torch
-
-
 def torch_sample(cell: str, H: int, L: int, streams: int, chars: int) -> float:
-    torch = _torch()
+    import torch
     import torch.nn.functional as F
 
     _, _, V = corpus()
@@ -173,7 +166,7 @@ def torch_sample(cell: str, H: int, L: int, streams: int, chars: int) -> float:
 
 
 def torch_eval(cell: str, H: int, L: int) -> float:
-    torch = _torch()
+    import torch
     import torch.nn.functional as F
 
     _, val, V = corpus()

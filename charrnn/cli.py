@@ -181,23 +181,30 @@ def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: turns every user error into one line on stderr and an exit code."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line; every user error becomes one line on stderr and an exit code."""
     try:
-        code = cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
+        return cli.main(args=argv, prog_name="charrnn", standalone_mode=False) or 0
+    except click.UsageError as err:
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        click.echo(f"charrnn: error: {err.format_message()}{where}", err=True)
+        return err.exit_code
     except click.ClickException as err:
-        err.show()
-        code = err.exit_code
+        click.echo(f"charrnn: error: {err.format_message()}", err=True)
+        return err.exit_code
     except CharRNNError as err:
         click.echo(f"charrnn: error: {err}", err=True)
-        code = err.exit_code
+        return err.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("charrnn: interrupted", err=True)
-        code = 130
+        return 130
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at interpreter exit
-        code = 141
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except MemoryError:
         click.echo("charrnn: error: out of memory; try a smaller model or batch", err=True)
-        code = 1
-    sys.exit(code or 0)
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())

@@ -21,7 +21,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise CharRNNError(f"cannot create lock file {self.path}: {err.strerror or err}") from None
+            raise CharRNNError(f"run directory {self.path.parent} is not writable: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

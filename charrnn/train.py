@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,7 @@ class TrainState:
     carry: np.ndarray | None = None  # (L, S, B, H) state at the cursor
     best_val_loss: float | None = None
     evals_since_best: int = 0
+    val_fingerprint: str | None = None  # which validation text best_val_loss was measured on
 
     def to_checkpoint(self) -> Checkpoint:
         meta = {
@@ -59,6 +61,7 @@ class TrainState:
             "rng": self.rng.bit_generator.state,
             "best_val_loss": self.best_val_loss,
             "evals_since_best": self.evals_since_best,
+            "val_fingerprint": self.val_fingerprint,
         }
         return Checkpoint(self.model.params, meta, self.optimizer.state, self.carry)
 
@@ -129,6 +132,7 @@ def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
         ckpt.carry,
         meta.get("best_val_loss"),
         meta.get("evals_since_best", 0),
+        meta.get("val_fingerprint"),
     )
 
 
@@ -247,6 +251,11 @@ def _loop(
     target = state.step + steps if steps is not None else tc.max_steps
     chars_per_step = tc.batch_size * tc.seq_len
     progress = Progress(state.step, max(target, state.step), bar=progress_bar)
+    fingerprint = f"{len(val_ids)}:{zlib.crc32(np.ascontiguousarray(val_ids)):08x}"
+    if fingerprint != state.val_fingerprint:
+        if state.best_val_loss is not None:
+            progress.log("the validation text changed: best.npz will be replaced at the next evaluation")
+        state.val_fingerprint, state.best_val_loss, state.evals_since_best = fingerprint, None, 0
     progress.log(
         f"{model.shape.cell} {model.shape.num_layers}x{model.shape.hidden_size}, vocab {len(state.vocab)}, "
         f"{len(train_ids):,} train / {len(val_ids):,} val chars, step {state.step} -> {target}, run {run_dir}"
@@ -277,6 +286,8 @@ def _loop(
         val_loss = None
         if len(val_ids) >= 2:
             val_loss = evaluate(model, val_ids, streams=tc.batch_size, seq_len=tc.seq_len).loss
+            if not math.isfinite(val_loss):
+                raise NonFiniteError(f"validation loss is not finite ({val_loss}) at step {state.step}")
         improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
         if improved:
             state.best_val_loss, state.evals_since_best = val_loss, 0
@@ -289,7 +300,8 @@ def _loop(
         evaluated_at = state.step
 
     try:
-        with SignalStop() as stop:
+        # Overflow is not an error here: the loss, gradients and val loss are checked for finiteness.
+        with SignalStop() as stop, np.errstate(over="ignore", invalid="ignore"):
             while state.step < target:
                 if time_limit is not None and time.perf_counter() - started >= time_limit:
                     break
@@ -298,7 +310,7 @@ def _loop(
                 x, y = batcher.chunk(state.cursor)
                 loss, carry = model.loss(x, y, state.carry, state.rng if model.shape.dropout > 0 else None)
                 if not math.isfinite(loss):
-                    raise NonFiniteError(f"loss is {loss} at step {state.step}")
+                    raise NonFiniteError(f"loss is not finite ({loss}) at step {state.step}")
                 grads = model.backward()
                 clip_by_global_norm(grads, tc.grad_clip)
                 state.optimizer.step(model.params, grads, learning_rate(tc, state.step))
@@ -344,9 +356,8 @@ def _loop(
                 name = signal.Signals(stop.signum).name
                 raise SignalError(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
     except NonFiniteError as err:
-        raise NonFiniteError(
-            f"{err}; stopping. The last good checkpoint is {run_dir / LATEST}. Try a lower train.lr"
-        ) from None
+        kept = f"the last good checkpoint is {run_dir / LATEST}" if (run_dir / LATEST).exists() else "nothing saved"
+        raise NonFiniteError(f"{err}; stopping ({kept}). Try a lower train.lr") from None
     finally:
         metrics.close()
         progress.close()

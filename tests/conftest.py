@@ -41,16 +41,18 @@ def run_cli(
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
-    """A user error: the exit code, one line on stderr that says what is wrong, no traceback."""
+    """A user error: the exit code, no traceback, and one line that says what is wrong (the last
+    line on stderr; only progress lines from before the failure may precede it)."""
     err = proc.stderr.decode()
     assert proc.returncode == code, (proc.returncode, err)
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    assert lines and lines[-1].startswith("charrnn: error: "), err
+    assert sum("error" in line for line in lines) == 1, err
     for fragment in fragments:
-        assert fragment in lines[0], err
+        assert fragment in lines[-1], err
     assert proc.stdout == b""
-    return lines[0]
+    return lines[-1]
 
 
 @pytest.fixture

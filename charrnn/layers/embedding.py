@@ -14,7 +14,7 @@ from charrnn.layers.workspace import Workspace, scratch
 def forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
     """Inputs: ids (T, B) ints < V; W (V, G); b (G,). Returns: (T, B, G) = W[ids] + b."""
     out = scratch(ws, "xw", (*ids.shape, W.shape[1]), W.dtype)
-    np.take(W, ids, axis=0, out=out)
+    np.take(W, ids, axis=0, out=out, mode="clip")  # mode="raise" would buffer the output; ids < V by contract
     out += b
     return out
 

@@ -1,0 +1,249 @@
+"""Unattended retraining never loses work: resume, signals, locks, failures, hostile input.
+
+Every test drives the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, assert_clean_error, run_cli
+
+from charrnn import checkpoint
+
+LONG = [*TINY, "-s", "train.max_steps=1000000", "-q"]
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files if k != "meta"}
+
+
+def start_training(tmp_path: Path, corpus: Path, run: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", run, *LONG, *extra],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    """Poll until `condition()` holds (the test fails if it never does)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def training_started(run_dir: Path):
+    return lambda: (run_dir / "latest.npz").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_resume_is_bitwise_equal(tmp_path: Path, corpus: Path, dtype: str) -> None:
+    """2N steps in one invocation == N + N in two: weights, optimizer moments, carried state."""
+    settings = [
+        *TINY,
+        "-q",
+        "-s",
+        f"train.dtype={dtype}",
+        "-s",
+        "model.cell=lstm",
+        "-s",
+        "model.num_layers=2",
+        "-s",
+        "model.dropout=0.3",
+        "-s",
+        "train.eval_every=7",
+    ]
+    assert run_cli("train", str(corpus), "-o", "once", "--steps", "24", *settings, cwd=tmp_path).returncode == 0
+    assert run_cli("train", str(corpus), "-o", "twice", "--steps", "12", *settings, cwd=tmp_path).returncode == 0
+    assert run_cli("train", str(corpus), "-o", "twice", "--steps", "12", *settings, cwd=tmp_path).returncode == 0
+    once, twice = arrays(tmp_path / "once/latest.npz"), arrays(tmp_path / "twice/latest.npz")
+    assert set(once) == set(twice) and any(k.startswith("optim.") for k in once) and "carry" in once
+    for name in once:
+        assert once[name].dtype == np.dtype(dtype) or name == "carry"
+        np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
+    assert checkpoint.load(tmp_path / "twice/latest.npz").meta["step"] == 24
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_saves_then_resume_continues(tmp_path: Path, corpus: Path, sig: int, code: int) -> None:
+    proc = start_training(tmp_path, corpus, "run")
+    wait_for(training_started(tmp_path / "run"))
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err.decode()
+    assert b"Traceback" not in err and f"stopped by {signal.Signals(sig).name}".encode() in err
+    saved = checkpoint.load(tmp_path / "run/latest.npz").meta["step"]
+    assert saved > 0
+    resumed = run_cli("train", str(corpus), "-o", "run", "--steps", "3", *TINY, "-q", cwd=tmp_path)
+    assert resumed.returncode == 0
+    assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == saved + 3
+
+
+def test_second_ctrl_c_exits_at_once_without_corrupting_files(tmp_path: Path, corpus: Path) -> None:
+    proc = start_training(tmp_path, corpus, "run", "-s", "model.hidden_size=256")
+    wait_for(training_started(tmp_path / "run"))
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"Traceback" not in err
+    checkpoint.load(tmp_path / "run/latest.npz")  # whatever happened, the checkpoint is whole
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_overlapping_train_is_refused_with_75_and_a_killed_run_leaves_no_stale_lock(
+    tmp_path: Path, corpus: Path
+) -> None:
+    first = start_training(tmp_path, corpus, "run")
+    try:
+        wait_for(training_started(tmp_path / "run"))
+        second = run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "1", cwd=tmp_path)
+        assert_clean_error(second, 75, "in use by pid", str(first.pid))
+    finally:
+        first.kill()  # SIGKILL: no cleanup at all
+        first.wait()
+    assert (tmp_path / "run/.lock").exists()
+    after = run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "1", "-q", cwd=tmp_path)
+    assert after.returncode == 0, after.stderr.decode()
+
+
+def test_corrupt_or_truncated_latest_falls_back_to_best(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "10", "-q", cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    best_step = checkpoint.load(run / "best.npz").meta["step"]
+    latest = run / "latest.npz"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    proc = run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "2", "-q", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert b"warning" in proc.stderr and b"latest.npz" in proc.stderr
+    assert checkpoint.load(latest).meta["step"] == best_step + 2
+
+
+def test_corrupt_checkpoint_given_to_sample_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04" + os.urandom(200))
+    assert_clean_error(run_cli("sample", "-m", str(bad), cwd=tmp_path), 1, "bad.npz")
+
+
+def test_pickle_bearing_npz_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "evil.npz", meta=np.array([print], dtype=object))
+    assert_clean_error(run_cli("sample", "-m", "evil.npz", cwd=tmp_path), 1, "pickle")
+
+
+def test_python_tagged_yaml_is_refused(tmp_path: Path, corpus: Path) -> None:
+    (tmp_path / "evil.yaml").write_text("train: !!python/object/apply:os.system ['touch pwned']\n")
+    assert_clean_error(run_cli("train", str(corpus), "-c", "evil.yaml", cwd=tmp_path), 2, "not plain YAML")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_grown_corpus_extends_the_vocabulary_and_keeps_old_ids(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "5", "-q", cwd=tmp_path).returncode == 0
+    before = checkpoint.load(tmp_path / "run/latest.npz")
+    with corpus.open("a", encoding="utf-8") as f:
+        f.write("ZQ 😀 the cat\n" * 20)
+    proc = run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "0", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"vocabulary grew by 3" in proc.stderr and "'😀'".encode() in proc.stderr
+    after = checkpoint.load(tmp_path / "run/latest.npz")
+    old_v = len(before.vocab)
+    assert after.vocab.chars[:old_v] == before.vocab.chars and len(after.vocab) == old_v + 3
+    np.testing.assert_array_equal(after.params["layers.0.W_xh"][:old_v], before.params["layers.0.W_xh"])
+    np.testing.assert_array_equal(after.params["W_hy"][:, :old_v], before.params["W_hy"])
+    np.testing.assert_array_equal(after.optim_state["m.W_hy"][:, :old_v], before.optim_state["m.W_hy"])
+    assert not after.optim_state["m.W_hy"][:, old_v:].any()
+    more = run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "3", "-q", cwd=tmp_path)
+    assert more.returncode == 0
+    assert run_cli("sample", "-m", "run", "-p", "😀", "-n", "5", cwd=tmp_path).returncode == 0
+
+
+def test_changed_model_shape_on_resume_is_an_error(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "2", "-q", cwd=tmp_path).returncode == 0
+    proc = run_cli("train", str(corpus), "-o", "run", *TINY, "-s", "model.hidden_size=32", cwd=tmp_path)
+    assert_clean_error(proc, 2, "--fresh")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    settings = [*TINY, "-q", "-s", "train.optimizer=sgd", "-s", "train.eval_every=1000"]
+    assert run_cli("train", str(corpus), "-o", "run", "--steps", "2", *settings, cwd=tmp_path).returncode == 0
+    good = (tmp_path / "run/latest.npz").read_bytes()
+    proc = run_cli(
+        "train",
+        str(corpus),
+        "-o",
+        "run",
+        "--steps",
+        "50",
+        *settings,
+        "-s",
+        "train.lr=1e38",
+        "-s",
+        "train.grad_clip=0",
+        cwd=tmp_path,
+    )
+    line = assert_clean_error(proc, 1, "not finite")
+    assert "latest.npz" in line
+    assert (tmp_path / "run/latest.npz").read_bytes() == good
+
+
+def _read_only_prefix(path: Path) -> list[str]:
+    """A command prefix that runs its command with `path` mounted read-only (or skips)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare: cannot make a directory read-only")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("running as root and mount namespaces are not permitted")
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, "sh", str(path)]
+
+
+def test_read_only_run_directory_fails_cleanly_and_keeps_the_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "3", "-q", cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    prefix = _read_only_prefix(run)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "charrnn", "train", str(corpus), "-o", "run", *TINY, "--steps", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    run.chmod(0o755)
+    assert_clean_error(proc, 1, "not writable")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_full_disk_during_checkpoint_leaves_the_previous_one(tmp_path: Path, corpus: Path) -> None:
+    """RLIMIT_FSIZE makes writes past the limit fail (EFBIG) as a full disk would (ENOSPC)."""
+    settings = [*TINY, "-s", "model.hidden_size=64", "-q"]
+    assert run_cli("train", str(corpus), "-o", "run", "--steps", "3", *settings, cwd=tmp_path).returncode == 0
+    latest = tmp_path / "run/latest.npz"
+    good = latest.read_bytes()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(good) // 2, len(good) // 2))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", "run", "--steps", "3", *settings],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert_clean_error(proc, 1, "cannot write", "latest.npz")
+    assert latest.read_bytes() == good
+    assert not [p for p in latest.parent.iterdir() if p.name.endswith(".tmp")]
