@@ -149,7 +149,7 @@ def sample(
     steps = generate(
         ckpt.model(), vocab, length, np.random.default_rng(seed), prime, temperature, top_k, greedy, num_samples
     )
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     if num_samples == 1:
         out.write(prime.encode("utf-8", "surrogateescape"))
         for ids in steps:

@@ -48,54 +48,78 @@ class ModelShape:
         return (self.num_layers, CELLS[self.cell].STATE, batch, self.hidden_size)
 
 
+def init_arrays(
+    shapes: dict[str, tuple[int, ...]], hidden_size: int, rng: np.random.Generator, dtype: np.dtype
+) -> dict[str, np.ndarray]:
+    """Uniform(-1/sqrt(H), 1/sqrt(H)) for every named shape, as PyTorch initialises its RNNs."""
+    bound = 1.0 / np.sqrt(hidden_size)
+    return {name: rng.uniform(-bound, bound, size).astype(dtype) for name, size in shapes.items()}
+
+
 def init_params(shape: ModelShape, rng: np.random.Generator, dtype: np.dtype) -> dict[str, np.ndarray]:
-    """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as PyTorch initialises its RNNs."""
-    bound = 1.0 / np.sqrt(shape.hidden_size)
-    return {name: rng.uniform(-bound, bound, size).astype(dtype) for name, size in shape.param_shapes().items()}
+    """Fresh parameters for a model of `shape` (see `init_arrays`)."""
+    return init_arrays(shape.param_shapes(), shape.hidden_size, rng, dtype)
 
 
-class CharRNN:
-    """The character model. `loss` + `backward` train it; `logits` runs it for inference."""
+class RecurrentStack:
+    """Token ids in, stacked cells, top hidden states out: the part of every graph that recurs.
 
-    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray]) -> None:
+    Parameters are read from `params` under `{prefix}layers.{i}.*` (shared, so in-place updates
+    are seen). ids < 0 mean "no input at this step" (a zero one-hot vector). Training calls keep
+    caches in their own workspaces; inference calls use separate ones, so evaluating between a
+    training forward and its backward is safe.
+    """
+
+    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray], prefix: str = "") -> None:
         self.shape = shape
         self.params = params
+        self.prefix = prefix
         self.cell = CELLS[shape.cell]
-        self.dtype = params["W_hy"].dtype
-        self._train_ws = [Workspace() for _ in range(shape.num_layers + 1)]
-        self._infer_ws = [Workspace() for _ in range(shape.num_layers + 1)]
-        self._cache: tuple | None = None
+        self.dtype = params[f"{prefix}layers.0.W_hh"].dtype
+        self._train_ws = [Workspace() for _ in range(shape.num_layers)]
+        self._infer_ws = [Workspace() for _ in range(shape.num_layers)]
+        self._caches: list | None = None
+
+    def _p(self, i: int, name: str) -> np.ndarray:
+        return self.params[f"{self.prefix}layers.{i}.{name}"]
 
     def initial_state(self, batch: int) -> np.ndarray:
         """A zero state (L, S, B, H)."""
         return np.zeros(self.shape.state_shape(batch), self.dtype)
 
-    def _layer_params(self, i: int) -> dict[str, np.ndarray]:
-        return {name: self.params[f"layers.{i}.{name}"] for name in self.cell.RECURRENT_PARAMS}
+    def forward(
+        self,
+        ids: np.ndarray,
+        state: np.ndarray,
+        train: bool = True,
+        dropout_rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ids (T, B), state (L, S, B, H) -> top hidden states (T, B, H), new state (L, S, B, H).
 
-    def _run_layers(
-        self, ids: np.ndarray, state: np.ndarray, workspaces: list[Workspace], dropout_rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, np.ndarray, list]:
-        """ids (T, B), state (L, S, B, H) -> top hidden states (T, B, H), new state, per-layer caches."""
+        With train=True, keeps what `backward` needs and applies dropout if `dropout_rng` is given.
+        """
+        workspaces = self._train_ws if train else self._infer_ws
         new_state = np.empty_like(state)
         caches = []
         x: np.ndarray = ids
         for i in range(self.shape.num_layers):
             ws = workspaces[i]
             layer_input = x
-            W_xh, b_h = self.params[f"layers.{i}.W_xh"], self.params[f"layers.{i}.b_h"]
+            W_xh, b_h = self._p(i, "W_xh"), self._p(i, "b_h")
             xw = embedding.forward(ids, W_xh, b_h, ws) if i == 0 else linear.forward(x, W_xh, b_h, ws)
-            hs, stateT, cell_cache = self.cell.forward(xw, state[i], self._layer_params(i), ws)
-            new_state[i] = stateT
+            recurrent = {name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}
+            hs, new_state[i], cell_cache = self.cell.forward(xw, state[i], recurrent, ws)
             mask = None
-            if dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
+            if train and dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
                 mask = self._dropout_mask(hs.shape, dropout_rng, ws)
                 x = ws.get("dropped", hs.shape, self.dtype)
                 np.multiply(hs, mask, out=x)
             else:
                 x = hs
             caches.append((layer_input, cell_cache, mask))
-        return x, new_state, caches
+        if train:
+            self._caches = caches
+        return x, new_state
 
     def _dropout_mask(self, shape: tuple[int, ...], rng: np.random.Generator, ws: Workspace) -> np.ndarray:
         """Inverted dropout: 0 with probability p, else 1 / (1 - p)."""
@@ -106,6 +130,54 @@ class CharRNN:
         np.floor(mask, out=mask)
         mask *= 1.0 / keep
         return mask
+
+    def backward(
+        self, dtop: np.ndarray | None, dstateT: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Backprop the last training forward.
+
+        Inputs: dtop (T, B, H) gradient on the top hidden states (None: zero); dstateT
+        (L, S, B, H) gradient on the final state (None: zero).
+        Returns: gradients by full parameter name, dstate0 (L, S, B, H).
+        """
+        assert self._caches is not None, "backward() needs a training forward() first"
+        grads: dict[str, np.ndarray] = {}
+        batch = self._caches[0][0].shape[1]
+        dstate0 = np.empty(self.shape.state_shape(batch), self.dtype)
+        dx = dtop
+        for i in range(self.shape.num_layers - 1, -1, -1):
+            ws = self._train_ws[i]
+            layer_input, cell_cache, mask = self._caches[i]
+            if mask is not None and dx is not None:
+                dx *= mask
+            dxw, dstate0[i], cell_grads = self.cell.backward(
+                dx, cell_cache, None if dstateT is None else dstateT[i], ws
+            )
+            for name, grad in cell_grads.items():
+                grads[f"{self.prefix}layers.{i}.{name}"] = grad
+            if i == 0:
+                dW, db = embedding.backward(dxw, layer_input, self._p(0, "W_xh").shape[0], ws)
+            else:
+                dx, dW, db = linear.backward(dxw, layer_input, self._p(i, "W_xh"), ws)
+            grads[f"{self.prefix}layers.{i}.W_xh"], grads[f"{self.prefix}layers.{i}.b_h"] = dW, db
+        return grads, dstate0
+
+
+class CharRNN:
+    """The character model (many-to-many): a `RecurrentStack` and a read-out with the loss on
+    every step. `loss` + `backward` train it; `logits` runs it for inference."""
+
+    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray]) -> None:
+        self.shape = shape
+        self.params = params
+        self.stack = RecurrentStack(shape, params)
+        self.dtype = params["W_hy"].dtype
+        self._head_ws, self._infer_head_ws = Workspace(), Workspace()
+        self._cache: tuple | None = None
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        """A zero state (L, S, B, H)."""
+        return self.stack.initial_state(batch)
 
     def loss(
         self,
@@ -119,12 +191,11 @@ class CharRNN:
         Keeps what `backward` needs. Dropout is applied only when `dropout_rng` is given.
         Returns: loss, the new state (L, S, B, H).
         """
-        top, new_state, caches = self._run_layers(ids, state, self._train_ws, dropout_rng)
-        head_ws = self._train_ws[-1]
-        logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], head_ws)
+        top, new_state = self.stack.forward(ids, state, True, dropout_rng)
+        logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], self._head_ws)
         V = self.shape.vocab_size
         value, dlogits = loss.softmax_xent(logits.reshape(-1, V), targets.reshape(-1))
-        self._cache = (top, dlogits.reshape(logits.shape), caches)
+        self._cache = (top, dlogits.reshape(logits.shape))
         return value, new_state
 
     def backward(self, dstateT: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -134,29 +205,13 @@ class CharRNN:
         The gradient on the initial state is left in `self.dstate0` (L, S, B, H).
         """
         assert self._cache is not None, "backward() needs a loss() first"
-        top, dlogits, caches = self._cache
-        grads: dict[str, np.ndarray] = {}
-        dx, grads["W_hy"], grads["b_y"] = linear.backward(dlogits, top, self.params["W_hy"], self._train_ws[-1])
-        self.dstate0 = np.empty(self.shape.state_shape(top.shape[1]), self.dtype)
-        for i in range(self.shape.num_layers - 1, -1, -1):
-            ws = self._train_ws[i]
-            layer_input, cell_cache, mask = caches[i]
-            if mask is not None:
-                dx *= mask
-            dxw, self.dstate0[i], cell_grads = self.cell.backward(
-                dx, cell_cache, None if dstateT is None else dstateT[i], ws
-            )
-            for name, grad in cell_grads.items():
-                grads[f"layers.{i}.{name}"] = grad
-            W_xh = self.params[f"layers.{i}.W_xh"]
-            if i == 0:
-                dW, db = embedding.backward(dxw, layer_input, self.shape.vocab_size, ws)
-            else:
-                dx, dW, db = linear.backward(dxw, layer_input, W_xh, ws)
-            grads[f"layers.{i}.W_xh"], grads[f"layers.{i}.b_h"] = dW, db
+        top, dlogits = self._cache
+        dtop, dW_hy, db_y = linear.backward(dlogits, top, self.params["W_hy"], self._head_ws)
+        grads, self.dstate0 = self.stack.backward(dtop, dstateT)
+        grads["W_hy"], grads["b_y"] = dW_hy, db_y
         return grads
 
     def logits(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inference: ids (T, B), state (L, S, B, H) -> logits (T, B, V), new state. No dropout."""
-        top, new_state, _ = self._run_layers(ids, state, self._infer_ws, None)
-        return linear.forward(top, self.params["W_hy"], self.params["b_y"], self._infer_ws[-1]), new_state
+        top, new_state = self.stack.forward(ids, state, train=False)
+        return linear.forward(top, self.params["W_hy"], self.params["b_y"], self._infer_head_ws), new_state
