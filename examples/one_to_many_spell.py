@@ -17,7 +17,7 @@ import numpy as np
 from charrnn.graphs import OneToMany, fit
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-LETTERS = sorted(set("".join(WORDS))) + ["."]  # '.' ends a word and pads after it
+LETTERS = [*sorted(set("".join(WORDS))), "."]  # '.' ends a word and pads after it
 STEPS = max(map(len, WORDS)) + 1
 SPELLING = np.array([[LETTERS.index(ch) for ch in word.ljust(STEPS, ".")] for word in WORDS]).T  # (STEPS, 10)
 
