@@ -42,6 +42,7 @@ class TrainConfig:
     max_steps: int = 10_000  # train until this many steps in total
     val_fraction: float = 0.1  # the last fraction of the text is held out
     eval_every: int = 500  # steps between validation runs (and checkpoints)
+    eval_chars: int = 1_000_000  # validate on at most this many held-out characters; 0 = all
     log_every: int = 100  # steps between training-loss lines in metrics.jsonl
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     seed: int = 1234  # initialisation, dropout, and everything random
@@ -120,6 +121,7 @@ def validate(config: Config) -> None:
     _check(t.max_steps >= 0, "train.max_steps", ">= 0", t.max_steps)
     _check(0 <= t.val_fraction < 1, "train.val_fraction", "in [0, 1)", t.val_fraction)
     _check(t.patience >= 0, "train.patience", ">= 0", t.patience)
+    _check(t.eval_chars >= 0, "train.eval_chars", ">= 0", t.eval_chars)
     _check(t.seed >= 0, "train.seed", ">= 0", t.seed)
     _check(t.dtype in DTYPES, "train.dtype", " | ".join(DTYPES), t.dtype)
 

@@ -23,8 +23,9 @@ import yaml
 from charrnn import checkpoint
 from charrnn.checkpoint import BEST, LATEST, Checkpoint, CheckpointError
 from charrnn.config import Config, build_config
-from charrnn.data import Batcher, Source, encode_into, scan, split_train_val
-from charrnn.errors import CharRNNError, NonFiniteError, SignalError, UsageError
+from charrnn.corpus import load_ids
+from charrnn.data import Batcher, Source, split_train_val
+from charrnn.errors import NonFiniteError, SignalError, UsageError
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, ModelShape, init_params
 from charrnn.optim import Optimizer, clip_by_global_norm, learning_rate
@@ -173,17 +174,6 @@ class SignalStop:
             signal.signal(sig, handler)
 
 
-def load_corpus(sources: Sequence[Source], vocab: Vocab | None) -> tuple[np.ndarray, Vocab]:
-    """Encode the corpus (streaming, two passes); a given vocabulary is extended, never reordered."""
-    chars, count = scan(sources)
-    if count == 0:
-        raise CharRNNError("the corpus is empty")
-    vocab = Vocab.from_chars(chars) if vocab is None else vocab.extend(chars)
-    ids = np.empty(count, vocab.dtype)
-    encode_into(sources, vocab, ids)
-    return ids, vocab
-
-
 def _write_config(path: Path, config: Config) -> None:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
     checkpoint.atomic_write(path, lambda f: f.write(text))
@@ -220,12 +210,12 @@ def train(
         ckpt = None if fresh else load_run(run_dir, progress.log)
         if ckpt is None:
             config = build_config(list(config_layers))
-            ids, vocab = load_corpus(sources, None)
+            ids, vocab = load_ids(sources, None, run_dir)
             state = new_state(config, vocab)
         else:
             config = build_config([ckpt.meta["config"], *config_layers])
             state = state_from_checkpoint(ckpt, config)
-            ids, vocab = load_corpus(sources, state.vocab)
+            ids, vocab = load_ids(sources, state.vocab, run_dir)
             if len(vocab) > len(state.vocab):
                 added = vocab.chars[len(state.vocab) :]
                 progress.log(f"vocabulary grew by {len(added)}: {describe_chars(added)}")
@@ -244,6 +234,8 @@ def _loop(
 ) -> TrainResult:
     tc = state.config.train
     train_ids, val_ids = split_train_val(ids, tc.val_fraction)
+    if tc.eval_chars:
+        val_ids = val_ids[: tc.eval_chars]
     batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
     model = state.model
     if state.cursor >= batcher.chunks_per_epoch or state.carry is None or state.carry.shape[2] != tc.batch_size:
