@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.vocab import Vocab
+from charrnn.vocab import Vocab, code_points
 
 BLOCK_BYTES = 1 << 22
 
@@ -83,13 +83,13 @@ def read_text(sources: Sequence[Source]) -> str:
 
 def scan(sources: Sequence[Source]) -> tuple[set[str], int]:
     """The set of characters and the number of characters over all sources, streaming."""
-    chars: set[str] = set()
+    seen = np.zeros(0x110000, bool)  # one flag per Unicode code point
     count = 0
     for source in sources:
         for block in iter_text(source):
-            chars.update(block)
+            seen[code_points(block)] = True
             count += len(block)
-    return chars, count
+    return {chr(c) for c in np.flatnonzero(seen)}, count
 
 
 def encode_into(sources: Sequence[Source], vocab: Vocab, out: np.ndarray) -> None:

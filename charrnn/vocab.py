@@ -18,6 +18,11 @@ def id_dtype(vocab_size: int) -> np.dtype:
     raise ValueError(f"vocabulary of {vocab_size} characters is too large")
 
 
+def code_points(text: str) -> np.ndarray:
+    """The code points of `text` as uint32 (lone surrogates included, as their own code)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 def describe_chars(chars: Iterable[str], limit: int = 20) -> str:
     """A readable list of characters: 'a', '\\n', '😀' ..."""
     shown = [repr(ch) for ch in sorted(set(chars))]
@@ -33,9 +38,11 @@ class Vocab:
         self.chars: tuple[str, ...] = tuple(chars)
         if len(set(self.chars)) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
             raise ValueError("vocabulary must hold distinct single characters")
-        codes = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)
-        self._order = np.argsort(codes, kind="stable")
-        self._sorted_codes = codes[self._order]  # for encoding by binary search
+        codes = np.array([ord(ch) for ch in self.chars], dtype=np.int64)
+        # id of every code point up to the largest known one; -1 for unknown (the last entry
+        # catches everything beyond). At most 4.4 MB, for a vocabulary reaching U+10FFFF.
+        self._ids_by_code = np.full(int(codes.max(initial=-1)) + 2, -1, np.int32)
+        self._ids_by_code[codes] = np.arange(len(codes), dtype=np.int32)
 
     @classmethod
     def from_chars(cls, chars: Iterable[str]) -> Vocab:
@@ -53,17 +60,12 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """ids (len(text),) in the smallest dtype. Unknown characters raise an error listing them."""
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        if len(self) == 0:
-            pos = np.zeros(codes.shape, np.intp)
-            known = np.zeros(codes.shape, bool)
-        else:
-            pos = np.minimum(np.searchsorted(self._sorted_codes, codes), len(self) - 1)
-            known = self._sorted_codes[pos] == codes
-        if not known.all():
-            unknown = {chr(c) for c in codes[~known]}
+        codes = code_points(text)
+        ids = self._ids_by_code[np.minimum(codes, len(self._ids_by_code) - 1)]
+        if ids.size and ids.min() < 0:
+            unknown = {chr(c) for c in codes[ids < 0]}
             raise CharRNNError(f"characters not in the model's vocabulary: {describe_chars(unknown)}")
-        return self._order[pos].astype(self.dtype)
+        return ids.astype(self.dtype)
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
