@@ -44,20 +44,18 @@ def forward(
     dtype = xw.dtype
     scale = _gate_scale(H, dtype)
     shift = 1 - scale  # 0.5 on the sigmoid gates, 0 on g
-    W_scaled = scratch(ws, "W_scaled", (H, G), dtype)
-    np.multiply(params["W_hh"], scale, out=W_scaled)
     gates = scratch(ws, "gates", (T, B, G), dtype)  # activated [i | f | g | o]
-    np.multiply(xw, scale, out=gates)
     h = scratch(ws, "h", (T + 1, B, H), dtype)  # h[t + 1] = h_t
     c = scratch(ws, "c", (T + 1, B, H), dtype)
     tanh_c = scratch(ws, "tanh_c", (T, B, H), dtype)
-    hw = scratch(ws, "hw", (B, G), dtype)
     ig = scratch(ws, "ig", (B, H), dtype)
+    W_hh = params["W_hh"]
     h[0], c[0] = state0[0], state0[1]
     for t in range(T):
         a = gates[t]
-        np.matmul(h[t], W_scaled, out=hw)
-        a += hw
+        np.matmul(h[t], W_hh, out=a)
+        a += xw[t]
+        a *= scale
         np.tanh(a, out=a)
         a *= scale
         a += shift
