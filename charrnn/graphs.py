@@ -70,8 +70,8 @@ class _Graph:
         return grads
 
 
-class ManyToMany(_Graph):
-    """x_1..x_T -> y_1..y_T, a loss on every step."""
+class _OneStack(_Graph):
+    """A graph with one recurrent stack; `loss` leaves the gradient on its top states in `_dtop`."""
 
     def __init__(
         self,
@@ -85,6 +85,14 @@ class ManyToMany(_Graph):
     ) -> None:
         super().__init__({"": num_inputs}, num_classes, cell, hidden_size, num_layers, seed, dtype)
         self.stack = self.stacks[""]
+
+    def backward(self) -> dict[str, np.ndarray]:
+        grads, self.dstate0 = self.stack.backward(self._dtop)
+        return self._with_head(grads)
+
+
+class ManyToMany(_OneStack):
+    """x_1..x_T -> y_1..y_T, a loss on every step."""
 
     def loss(self, ids: np.ndarray, targets: np.ndarray, state0: np.ndarray | None = None) -> float:
         """ids (T, B), targets (T, B); state0 (L, S, B, H) or zeros."""
@@ -93,31 +101,14 @@ class ManyToMany(_Graph):
         value, self._dtop = self._head_loss(top, targets)
         return value
 
-    def backward(self) -> dict[str, np.ndarray]:
-        grads, self.dstate0 = self.stack.backward(self._dtop)
-        return self._with_head(grads)
-
     def predict(self, ids: np.ndarray) -> np.ndarray:
         """(T, B) -> the most likely class at every step (T, B)."""
         top, _ = self.stack.forward(ids, self.stack.initial_state(ids.shape[1]), train=False)
         return self._classes(top)
 
 
-class ManyToOne(_Graph):
+class ManyToOne(_OneStack):
     """x_1..x_T -> y_T: read the whole sequence, classify it from the final hidden state."""
-
-    def __init__(
-        self,
-        num_inputs: int,
-        num_classes: int,
-        cell: str = "rnn",
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        seed: int = 0,
-        dtype: np.dtype = np.float32,
-    ) -> None:
-        super().__init__({"": num_inputs}, num_classes, cell, hidden_size, num_layers, seed, dtype)
-        self.stack = self.stacks[""]
 
     def loss(self, ids: np.ndarray, labels: np.ndarray, state0: np.ndarray | None = None) -> float:
         """ids (T, B), labels (B,)."""
@@ -128,31 +119,14 @@ class ManyToOne(_Graph):
         self._dtop[-1] = dlast  # only the last step has a loss
         return value
 
-    def backward(self) -> dict[str, np.ndarray]:
-        grads, self.dstate0 = self.stack.backward(self._dtop)
-        return self._with_head(grads)
-
     def predict(self, ids: np.ndarray) -> np.ndarray:
         """(T, B) -> one class per sequence (B,)."""
         top, _ = self.stack.forward(ids, self.stack.initial_state(ids.shape[1]), train=False)
         return self._classes(top[-1])
 
 
-class OneToMany(_Graph):
+class OneToMany(_OneStack):
     """x_1 -> y_1..y_T: one input at the first step, no input after it; a loss on every step."""
-
-    def __init__(
-        self,
-        num_inputs: int,
-        num_classes: int,
-        cell: str = "rnn",
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        seed: int = 0,
-        dtype: np.dtype = np.float32,
-    ) -> None:
-        super().__init__({"": num_inputs}, num_classes, cell, hidden_size, num_layers, seed, dtype)
-        self.stack = self.stacks[""]
 
     @staticmethod
     def _inputs(first: np.ndarray, steps: int) -> np.ndarray:
@@ -166,10 +140,6 @@ class OneToMany(_Graph):
         top, _ = self.stack.forward(self._inputs(first, len(targets)), state0)
         value, self._dtop = self._head_loss(top, targets)
         return value
-
-    def backward(self) -> dict[str, np.ndarray]:
-        grads, self.dstate0 = self.stack.backward(self._dtop)
-        return self._with_head(grads)
 
     def predict(self, first: np.ndarray, steps: int) -> np.ndarray:
         """(B,) -> (steps, B) classes."""

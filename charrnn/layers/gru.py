@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch
+from charrnn.layers.workspace import Workspace, scratch, transposed
 
 GATES = 3
 STATE = 1
@@ -89,8 +89,7 @@ def backward(
     np.subtract(1, z, out=tmp)
     dan *= tmp
 
-    W_hh_T = scratch(ws, "W_hh_T", (G, H), dtype)
-    np.copyto(W_hh_T, W_hh.T)
+    W_hh_T = transposed(ws, "W_hh_T", W_hh)
     dh = scratch(ws, "dh", (1, B, H), dtype)
     dh[:] = 0 if dstateT is None else dstateT
     dh_direct = scratch(ws, "dh_direct", (B, H), dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch
+from charrnn.layers.workspace import Workspace, scratch, transposed
 
 
 def forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
@@ -28,8 +28,7 @@ def backward(
     np.sum(dout_2d, axis=0, out=db)
     if not need_dx:
         return None, dW, db
-    W_T = scratch(ws, "W_T", (G, D), W.dtype)
-    np.copyto(W_T, W.T)
+    W_T = transposed(ws, "W_T", W)
     dx = scratch(ws, "dx", x.shape, W.dtype)
     np.matmul(dout_2d, W_T, out=dx.reshape(-1, D))
     return dx, dW, db

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch
+from charrnn.layers.workspace import Workspace, scratch, transposed
 
 GATES = 4
 STATE = 2  # h and c
@@ -101,8 +101,7 @@ def backward(
     np.subtract(1, dc_from_h, out=dc_from_h)
     dc_from_h *= o
 
-    W_hh_T = scratch(ws, "W_hh_T", (G, H), dtype)
-    np.copyto(W_hh_T, W_hh.T)
+    W_hh_T = transposed(ws, "W_hh_T", W_hh)
     dstate = scratch(ws, "dstate", (2, B, H), dtype)
     dstate[:] = 0 if dstateT is None else dstateT
     dh, dc = dstate[0], dstate[1]
