@@ -152,8 +152,12 @@ def sample(
     out = sys.stdout.buffer
     if num_samples == 1:
         out.write(prime.encode("utf-8", "surrogateescape"))
+        interactive = out.isatty()
         for ids in steps:
-            out.write(vocab.chars[ids[0]].encode())
+            char = vocab.chars[ids[0]]
+            out.write(char.encode())
+            if interactive and char == "\n":
+                out.flush()  # a person watching sees each line as it is generated
     else:
         columns = np.stack(list(steps), axis=1) if length else np.zeros((num_samples, 0), int)
         out.write("\n\n".join(prime + vocab.decode(row) for row in columns).encode("utf-8", "surrogateescape"))

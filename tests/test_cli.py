@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +112,6 @@ def test_sample_without_any_model(tmp_path: Path) -> None:
 
 
 def test_sample_into_a_closed_pipe_is_quiet(tmp_path: Path, corpus: Path) -> None:
-    import subprocess
-    import sys
 
     run_cli("train", str(corpus), *TINY, "--steps", "5", "-q", cwd=tmp_path)
     proc = subprocess.run(
@@ -118,3 +123,39 @@ def test_sample_into_a_closed_pipe_is_quiet(tmp_path: Path, corpus: Path) -> Non
     )
     assert len(proc.stdout) == 10
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+def test_time_limit_stops_cleanly_and_saves(tmp_path: Path, corpus: Path) -> None:
+    proc = run_cli("train", str(corpus), *TINY, "-s", "train.max_steps=100000000", "--time", "2s", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    meta = checkpoint.load(tmp_path / "runs/corpus/latest.npz").meta
+    assert 0 < meta["step"] < 100000000
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path: Path, corpus: Path) -> None:
+    import sys
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--steps", "20"],
+        cwd=tmp_path,
+        stderr=secondary,
+        stdout=subprocess.PIPE,
+        timeout=120,
+    )
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.returncode == 0
+    assert b"step/s" in shown or b"s/step" in shown  # tqdm's rate
+    assert b"chars/s=" in shown and b"loss=" in shown and b"val=" in shown
+    plain = run_cli("train", str(corpus), *TINY, "--steps", "20", "--fresh", cwd=tmp_path).stderr
+    assert b"\r" not in plain and b"step 10  loss" in plain

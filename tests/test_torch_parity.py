@@ -94,16 +94,22 @@ def test_loss_gradients_and_state_match_torch_over_two_chunks(cell: str) -> None
         state = new_state.copy()
 
 
-def test_adam_step_matches_torch() -> None:
-    """Three Adam updates with clipping give torch's parameters."""
+@pytest.mark.parametrize("kind", ["adam", "adagrad", "sgd"])
+def test_optimizer_steps_with_clipping_match_torch(kind: str) -> None:
+    """Three updates with global-norm clipping give torch's parameters."""
     from charrnn.config import TrainConfig
     from charrnn.optim import Optimizer, clip_by_global_norm
 
     rng = np.random.default_rng(0)
     params = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
     tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params.values()]
-    config = TrainConfig(lr=0.01, grad_clip=1.0)
-    opt, topt = Optimizer(config, params), torch.optim.Adam(tparams, lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    config = TrainConfig(optimizer=kind, lr=0.01, grad_clip=1.0, eps=1e-10, momentum=0.9)
+    opt = Optimizer(config, params)
+    topt = {
+        "adam": lambda: torch.optim.Adam(tparams, lr=0.01, betas=(0.9, 0.999), eps=1e-10),
+        "adagrad": lambda: torch.optim.Adagrad(tparams, lr=0.01, eps=1e-10),
+        "sgd": lambda: torch.optim.SGD(tparams, lr=0.01, momentum=0.9),
+    }[kind]()
     for _ in range(3):
         grads = {k: rng.normal(size=p.shape) * 3 for k, p in params.items()}
         for tp, g in zip(tparams, grads.values(), strict=True):
