@@ -25,7 +25,7 @@ from charrnn.checkpoint import BEST, LATEST, Checkpoint, CheckpointError
 from charrnn.config import Config, build_config
 from charrnn.corpus import load_ids
 from charrnn.data import Batcher, Source, split_train_val
-from charrnn.errors import NonFiniteError, SignalError, UsageError
+from charrnn.errors import CharRNNError, NonFiniteError, SignalError, UsageError
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, ModelShape, init_params
 from charrnn.optim import Optimizer, clip_by_global_norm, learning_rate
@@ -204,7 +204,11 @@ def train(
     Runs `steps` steps, or until `train.max_steps` in total, or until `time_limit` seconds,
     whichever comes first, then evaluates and saves.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    build_config(list(config_layers))  # a usage error must not leave an empty run directory behind
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CharRNNError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
     with RunLock(run_dir):
         progress = Progress(0, 0, bar=False)
         ckpt = None if fresh else load_run(run_dir, progress.log)

@@ -159,3 +159,8 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path: Path, corpus
     assert b"chars/s=" in shown and b"loss=" in shown and b"val=" in shown
     plain = run_cli("train", str(corpus), *TINY, "--steps", "20", "--fresh", cwd=tmp_path).stderr
     assert b"\r" not in plain and b"step 10  loss" in plain
+
+
+def test_a_usage_error_leaves_no_run_directory(tmp_path: Path, corpus: Path) -> None:
+    assert_clean_error(run_cli("train", str(corpus), "-s", "train.seq_len=0", cwd=tmp_path), 2, "train.seq_len")
+    assert not (tmp_path / "runs").exists()
