@@ -30,7 +30,7 @@ TRAIN = [  # cell, H, layers, B, T, measured steps
     ("gru", 256, 2, 32, 64, 20),
 ]
 SAMPLE = [("lstm", 512, 2, 1, 2000), ("lstm", 512, 2, 32, 500)]  # cell, H, layers, streams, chars
-EVAL = [("rnn", 512, 1), ("lstm", 512, 2)]
+EVAL = [("rnn", 512, 1), ("lstm", 256, 2)]
 
 
 def measure(engine: str, task: str, *args: object) -> dict:

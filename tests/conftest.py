@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,7 +71,7 @@ def make_model(
 ) -> CharRNN:
     """A float64 model with weights large enough that every nonlinearity is exercised."""
     shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers, dropout=dropout)
-    params = init_params(shape, __import__("numpy").random.default_rng(seed), __import__("numpy").float64)
+    params = init_params(shape, np.random.default_rng(seed), np.dtype(np.float64))
     for p in params.values():
         p *= scale
     return CharRNN(shape, params)
