@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from charrnn import __version__, checkpoint
-from charrnn.config import load_yaml, parse_override
+from charrnn.config import Config, load_yaml, parse_override
 from charrnn.data import read_text, sources_from_args
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import evaluate
@@ -50,7 +50,15 @@ def cli() -> None:
     """Train character-level recurrent language models, sample from them, evaluate them."""
 
 
-@cli.command()
+def _config_keys_help() -> str:
+    """Every config key with its default, from the dataclasses (the one source of defaults)."""
+    lines = ["\b", "Config keys (-s KEY=VALUE, or in a -c YAML file) and their defaults:"]
+    for section, values in Config().to_dict().items():
+        lines.append(f"  {section}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
+    return "\n".join(lines)
+
+
+@cli.command(epilog=_config_keys_help())
 @click.argument("corpus", nargs=-1, required=True)
 @click.option(
     "-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
