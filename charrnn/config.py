@@ -20,9 +20,9 @@ MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in
 
 @dataclass
 class ModelConfig:
-    cell: str = "rnn"  # rnn | lstm | gru
-    hidden_size: int = 128  # H, units per layer
-    num_layers: int = 1  # stacked cells
+    cell: str = "gru"  # rnn | lstm | gru (gru 2x256: the lowest tinyshakespeare val loss in 10 min here)
+    hidden_size: int = 256  # H, units per layer
+    num_layers: int = 2  # stacked cells
     dropout: float = 0.0  # inverted dropout between layers, training only
 
 

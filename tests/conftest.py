@@ -12,7 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from charrnn.model import CharRNN, ModelShape, init_params
 
-TINY = [
+TINY = [  # a small vanilla RNN, whatever the defaults are
+    "-s",
+    "model.cell=rnn",
+    "-s",
+    "model.num_layers=1",
     "-s",
     "model.hidden_size=16",
     "-s",

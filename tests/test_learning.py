@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-SMALL = ["-s", "train.lr=0.01", "-s", "train.eval_every=50", "--seed", "0", "-q"]
+SMALL = [
+    "-s",
+    "model.cell=rnn",
+    "-s",
+    "model.num_layers=1",
+    "-s",
+    "train.lr=0.01",
+    "-s",
+    "train.eval_every=50",
+    "--seed",
+    "0",
+    "-q",
+]
 
 
 @pytest.mark.parametrize(
