@@ -13,6 +13,7 @@ import termios
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from conftest import TINY, assert_clean_error, run_cli
 
@@ -164,3 +165,16 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path: Path, corpus
 def test_a_usage_error_leaves_no_run_directory(tmp_path: Path, corpus: Path) -> None:
     assert_clean_error(run_cli("train", str(corpus), "-s", "train.seq_len=0", cwd=tmp_path), 2, "train.seq_len")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_every_cell_trains_resumes_samples_and_evaluates(tmp_path: Path, corpus: Path, cell: str) -> None:
+    settings = [*TINY, "-s", f"model.cell={cell}", "-s", "model.num_layers=2", "-s", "model.dropout=0.1", "-q"]
+    assert run_cli("train", str(corpus), "-o", "run", "--steps", "6", *settings, cwd=tmp_path).returncode == 0
+    assert run_cli("train", str(corpus), "-o", "run", "--steps", "4", *settings, cwd=tmp_path).returncode == 0
+    meta = checkpoint.load(tmp_path / "run/latest.npz").meta
+    assert meta["model"]["cell"] == cell and meta["step"] == 10
+    sample = run_cli("sample", "-m", "run", "-n", "30", "--seed", "1", cwd=tmp_path)
+    assert sample.returncode == 0 and len(sample.stdout.decode()) == 30
+    ev = run_cli("eval", str(corpus), "-m", "run", "--json", cwd=tmp_path)
+    assert ev.returncode == 0 and json.loads(ev.stdout)["loss"] > 0
