@@ -48,5 +48,5 @@ def evaluate(model: CharRNN, ids: np.ndarray, streams: int = 1, seq_len: int = 2
         x = np.ascontiguousarray(inputs[:, start : start + seq_len].T, dtype=np.int64)
         y = np.ascontiguousarray(targets[:, start : start + seq_len].T, dtype=np.int64)
         logits, state = model.logits(x, state)
-        total += xent_sum(logits.reshape(-1, V), y.reshape(-1))
+        total += xent_sum(logits.reshape(V, -1), y.reshape(-1))
     return EvalResult(loss=total / (S * L), chars=S * L)

@@ -56,14 +56,15 @@ class _Graph:
         self.dstate0: np.ndarray | None = None
 
     def _head_loss(self, top: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-        """Read-out and loss on `top (..., H)` against `targets (...)`; returns loss and dtop."""
+        """Read-out and loss on `top (H, ...)` against `targets (...)`; returns loss and dtop (H, ...)."""
         logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], self._head_ws)
-        value, dlogits = loss.softmax_xent(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        value, dlogits = loss.softmax_xent(logits.reshape(len(logits), -1), targets.reshape(-1))
         dtop, self._dW_hy, self._db_y = linear.backward(dlogits.reshape(logits.shape), top, self.params["W_hy"])
         return value, dtop
 
     def _classes(self, top: np.ndarray) -> np.ndarray:
-        return (top @ self.params["W_hy"] + self.params["b_y"]).argmax(axis=-1)
+        """top (H, ...) -> the most likely class (...)."""
+        return linear.forward(top, self.params["W_hy"], self.params["b_y"]).argmax(axis=0)
 
     def _with_head(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         grads["W_hy"], grads["b_y"] = self._dW_hy, self._db_y
@@ -114,15 +115,15 @@ class ManyToOne(_OneStack):
         """ids (T, B), labels (B,)."""
         state0 = self.stack.initial_state(ids.shape[1]) if state0 is None else state0
         top, _ = self.stack.forward(ids, state0)
-        value, dlast = self._head_loss(top[-1], labels)
+        value, dlast = self._head_loss(top[:, -1], labels)
         self._dtop = np.zeros_like(top)
-        self._dtop[-1] = dlast  # only the last step has a loss
+        self._dtop[:, -1] = dlast  # only the last step has a loss
         return value
 
     def predict(self, ids: np.ndarray) -> np.ndarray:
         """(T, B) -> one class per sequence (B,)."""
         top, _ = self.stack.forward(ids, self.stack.initial_state(ids.shape[1]), train=False)
-        return self._classes(top[-1])
+        return self._classes(top[:, -1])
 
 
 class OneToMany(_OneStack):
@@ -191,7 +192,7 @@ class EncoderDecoder(_Graph):
         out = np.empty((steps, B), np.int64)
         for t in range(steps):
             top, state = self.decoder.forward(token, state, train=False)
-            out[t] = token[0] = self._classes(top[0])
+            out[t] = token[0] = self._classes(top[:, 0])
         return out
 
 

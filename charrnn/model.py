@@ -1,6 +1,6 @@
 """`CharRNN`: one-hot characters in, stacked recurrent cells, a linear read-out, softmax loss.
 
-    x_t (one-hot, V) -> [cell 0] -> dropout -> [cell 1] -> ... -> h_t (H) -> y_t = h_t W_hy + b_y (V)
+    x_t (one-hot, V) -> [cell 0] -> dropout -> [cell 1] -> ... -> h_t (H) -> y_t = W_hy^T h_t + b_y (V)
 
 Parameters live in one flat dict of named arrays (the checkpoint's names):
 `layers.{i}.W_xh` (V for layer 0, else H; G*H), `layers.{i}.W_hh` (H, G*H), `layers.{i}.b_h` (G*H,),
@@ -65,9 +65,10 @@ class RecurrentStack:
     """Token ids in, stacked cells, top hidden states out: the part of every graph that recurs.
 
     Parameters are read from `params` under `{prefix}layers.{i}.*` (shared, so in-place updates
-    are seen). ids < 0 mean "no input at this step" (a zero one-hot vector). Training calls keep
-    caches in their own workspaces; inference calls use separate ones, so evaluating between a
-    training forward and its backward is safe.
+    are seen). ids < 0 mean "no input at this step" (a zero one-hot vector). Hidden sequences
+    are feature-major `(H, T, B)` (see `charrnn.layers`); the carried state keeps the
+    checkpoint's `(L, S, B, H)`. Training calls keep caches in their own workspaces; inference
+    calls use separate ones, so evaluating between a training forward and its backward is safe.
     """
 
     def __init__(self, shape: ModelShape, params: dict[str, np.ndarray], prefix: str = "") -> None:
@@ -94,7 +95,7 @@ class RecurrentStack:
         train: bool = True,
         dropout_rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """ids (T, B), state (L, S, B, H) -> top hidden states (T, B, H), new state (L, S, B, H).
+        """ids (T, B), state (L, S, B, H) -> top hidden states (H, T, B), new state (L, S, B, H).
 
         With train=True, keeps what `backward` needs and applies dropout if `dropout_rng` is given.
         """
@@ -106,9 +107,10 @@ class RecurrentStack:
             ws = workspaces[i]
             layer_input = x
             W_xh, b_h = self._p(i, "W_xh"), self._p(i, "b_h")
-            xw = embedding.forward(ids, W_xh, b_h, ws) if i == 0 else linear.forward(x, W_xh, b_h, ws)
+            xw = embedding.forward(ids, W_xh, b_h, ws) if i == 0 else linear.forward_steps(x, W_xh, b_h, ws)
             recurrent = {name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}
-            hs, new_state[i], cell_cache = self.cell.forward(xw, state[i], recurrent, ws)
+            hs, stateT, cell_cache = self.cell.forward(xw, state[i].transpose(0, 2, 1), recurrent, ws)
+            new_state[i] = stateT.transpose(0, 2, 1)
             mask = None
             if train and dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
                 mask = self._dropout_mask(hs.shape, dropout_rng, ws)
@@ -136,7 +138,7 @@ class RecurrentStack:
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Backprop the last training forward.
 
-        Inputs: dtop (T, B, H) gradient on the top hidden states (None: zero); dstateT
+        Inputs: dtop (H, T, B) gradient on the top hidden states (None: zero); dstateT
         (L, S, B, H) gradient on the final state (None: zero).
         Returns: gradients by full parameter name, dstate0 (L, S, B, H).
         """
@@ -150,9 +152,9 @@ class RecurrentStack:
             layer_input, cell_cache, mask = self._caches[i]
             if mask is not None and dx is not None:
                 dx *= mask
-            dxw, dstate0[i], cell_grads = self.cell.backward(
-                dx, cell_cache, None if dstateT is None else dstateT[i], ws
-            )
+            dstate_i = None if dstateT is None else dstateT[i].transpose(0, 2, 1)
+            dxw, dstate0_i, cell_grads = self.cell.backward(dx, cell_cache, dstate_i, ws)
+            dstate0[i] = dstate0_i.transpose(0, 2, 1)
             for name, grad in cell_grads.items():
                 grads[f"{self.prefix}layers.{i}.{name}"] = grad
             if i == 0:
@@ -194,7 +196,7 @@ class CharRNN:
         top, new_state = self.stack.forward(ids, state, True, dropout_rng)
         logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], self._head_ws)
         V = self.shape.vocab_size
-        value, dlogits = loss.softmax_xent(logits.reshape(-1, V), targets.reshape(-1))
+        value, dlogits = loss.softmax_xent(logits.reshape(V, -1), targets.reshape(-1))
         self._cache = (top, dlogits.reshape(logits.shape))
         return value, new_state
 
@@ -212,6 +214,6 @@ class CharRNN:
         return grads
 
     def logits(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inference: ids (T, B), state (L, S, B, H) -> logits (T, B, V), new state. No dropout."""
+        """Inference: ids (T, B), state (L, S, B, H) -> logits (V, T, B), new state. No dropout."""
         top, new_state = self.stack.forward(ids, state, train=False)
         return linear.forward(top, self.params["W_hy"], self.params["b_y"], self._infer_head_ws), new_state

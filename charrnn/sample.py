@@ -68,6 +68,6 @@ def _feedback_loop(
     x = np.repeat(seed_ids[:, None], num_samples, axis=1)  # (P, N)
     for _ in range(length):
         logits, state = model.logits(x, state)
-        ids = next_ids(logits[-1], rng, temperature, top_k, greedy)
+        ids = next_ids(logits[:, -1].T, rng, temperature, top_k, greedy)
         yield ids
         x = ids[None, :]

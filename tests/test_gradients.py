@@ -17,13 +17,13 @@ def test_cell_backward_matches_finite_differences(cell: str) -> None:
     mod = CELLS[cell]
     rng = np.random.default_rng(1)
     T, B, H = 4, 3, 5
-    xw = rng.normal(size=(T, B, mod.GATES * H))
-    state0 = rng.normal(size=(mod.STATE, B, H))
+    xw = rng.normal(size=(T, mod.GATES * H, B))  # step-major in, feature-major out
+    state0 = rng.normal(size=(mod.STATE, H, B))
     params = {"W_hh": rng.normal(size=(H, mod.GATES * H))}
     if "b_hn" in mod.RECURRENT_PARAMS:
         params["b_hn"] = rng.normal(size=H)
-    dhs = rng.normal(size=(T, B, H))
-    dstateT = rng.normal(size=(mod.STATE, B, H))
+    dhs = rng.normal(size=(H, T, B))
+    dstateT = rng.normal(size=(mod.STATE, H, B))
 
     def f() -> float:
         hs, stateT, _ = mod.forward(xw, state0, params)
@@ -31,7 +31,7 @@ def test_cell_backward_matches_finite_differences(cell: str) -> None:
 
     _, _, cache = mod.forward(xw, state0, params)
     dxw, dstate0, grads = mod.backward(dhs, cache, dstateT)
-    assert rel_error(dxw, numeric_grad(f, xw)) < TOL
+    assert rel_error(dxw.swapaxes(0, 1), numeric_grad(f, xw)) < TOL
     assert rel_error(dstate0, numeric_grad(f, state0)) < TOL
     for name, p in params.items():
         assert rel_error(grads[name], numeric_grad(f, p)) < TOL, name
@@ -80,19 +80,19 @@ def test_embedding_linear_and_softmax_backward() -> None:
     rng = np.random.default_rng(4)
     ids = rng.integers(0, 6, (3, 2))
     W, b = rng.normal(size=(6, 4)), rng.normal(size=4)
-    dout = rng.normal(size=(3, 2, 4))
+    dout = rng.normal(size=(4, 3, 2))  # feature-major (G, T, B); forward returns step-major (T, G, B)
     dW, db = embedding.backward(dout, ids, 6)
-    f = lambda: float(np.sum(embedding.forward(ids, W, b) * dout))  # noqa: E731
+    f = lambda: float(np.sum(embedding.forward(ids, W, b) * dout.swapaxes(0, 1)))  # noqa: E731
     assert rel_error(dW, numeric_grad(f, W)) < TOL and rel_error(db, numeric_grad(f, b)) < TOL
 
-    x, W2, b2 = rng.normal(size=(3, 2, 4)), rng.normal(size=(4, 5)), rng.normal(size=5)
-    dout2 = rng.normal(size=(3, 2, 5))
+    x, W2, b2 = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 5)), rng.normal(size=5)
+    dout2 = rng.normal(size=(5, 3, 2))
     dx, dW2, db2 = linear.backward(dout2, x, W2)
     g = lambda: float(np.sum(linear.forward(x, W2, b2) * dout2))  # noqa: E731
     for analytic, p in ((dx, x), (dW2, W2), (db2, b2)):
         assert rel_error(analytic, numeric_grad(g, p)) < TOL
 
-    logits, targets = rng.normal(size=(6, 5)), rng.integers(0, 5, 6)
+    logits, targets = rng.normal(size=(5, 6)), rng.integers(0, 5, 6)  # (V, N)
     _, dlogits = loss.softmax_xent(logits.copy(), targets)
     h = lambda: loss.softmax_xent(logits.copy(), targets)[0]  # noqa: E731
     assert rel_error(dlogits, numeric_grad(h, logits)) < TOL
@@ -101,5 +101,5 @@ def test_embedding_linear_and_softmax_backward() -> None:
 def test_softmax_loss_of_near_uniform_scores_is_log_v() -> None:
     """The cs231n sanity check: tiny random scores over V = 10 classes give about ln(10)."""
     rng = np.random.default_rng(0)
-    value, _ = loss.softmax_xent(0.001 * rng.normal(size=(5000, 10)), rng.integers(0, 10, 5000))
+    value, _ = loss.softmax_xent(0.001 * rng.normal(size=(10, 5000)), rng.integers(0, 10, 5000))
     assert abs(value - np.log(10)) < 1e-2

@@ -17,7 +17,7 @@ def test_eval_over_chunks_equals_one_pass_over_the_whole_text() -> None:
     model = make_model("gru", V=7)
     ids = np.random.default_rng(0).integers(0, 7, 301)
     logits, _ = model.logits(ids[:-1, None], model.initial_state(1))
-    expected = xent_sum(logits.reshape(-1, 7).copy(), ids[1:]) / 300
+    expected = xent_sum(logits.reshape(7, -1).copy(), ids[1:]) / 300
     for seq_len in (1, 7, 64, 1000):
         result = evaluate(model, ids, seq_len=seq_len)
         assert result.chars == 300

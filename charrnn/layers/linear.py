@@ -1,34 +1,46 @@
-"""An affine map `x @ W + b` over all positions at once."""
+"""An affine map `W^T x + b` over all positions at once (layouts: see `charrnn.layers`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch, transposed
+from charrnn.layers.workspace import Workspace, scratch
 
 
 def forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
-    """Inputs: x (..., D); W (D, G); b (G,). Returns: (..., G)."""
-    out = scratch(ws, "out", (*x.shape[:-1], W.shape[1]), W.dtype)
-    np.matmul(x.reshape(-1, x.shape[-1]), W, out=out.reshape(-1, W.shape[1]))
-    out += b
+    """Inputs: x (D, ...); W (D, G); b (G,). Returns: (G, ...)."""
+    D, G = W.shape
+    out = scratch(ws, "out", (G, *x.shape[1:]), W.dtype)
+    out_2d = out.reshape(G, -1)
+    np.matmul(W.T, x.reshape(D, -1), out=out_2d)
+    out_2d += b[:, None]
+    return out
+
+
+def forward_steps(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
+    """The input projection of a cell: x (D, T, B) feature-major; W (D, G); b (G,).
+    Returns: (T, G, B) step-major, one product per step written into its contiguous block."""
+    D, G = W.shape
+    T, B = x.shape[1:]
+    out = scratch(ws, "out_steps", (T, G, B), W.dtype)
+    np.matmul(W.T, x.swapaxes(0, 1), out=out)
+    bias = scratch(ws, "bias", (G, B), W.dtype)
+    bias[:] = b[:, None]
+    out += bias
     return out
 
 
 def backward(
-    dout: np.ndarray, x: np.ndarray, W: np.ndarray, ws: Workspace | None = None, need_dx: bool = True
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Inputs: dout (..., G); x (..., D) the forward input; W (D, G).
-    Returns: dx (..., D) or None; dW (D, G); db (G,)."""
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray, ws: Workspace | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs: dout (G, ...); x (D, ...) the forward input; W (D, G).
+    Returns: dx (D, ...); dW (D, G); db (G,)."""
     D, G = W.shape
-    x_2d, dout_2d = x.reshape(-1, D), dout.reshape(-1, G)
+    x_2d, dout_2d = x.reshape(D, -1), dout.reshape(G, -1)
     dW = scratch(ws, "dW", (D, G), W.dtype)
-    np.matmul(x_2d.T, dout_2d, out=dW)
+    np.matmul(x_2d, dout_2d.T, out=dW)
     db = scratch(ws, "db", (G,), W.dtype)
-    np.sum(dout_2d, axis=0, out=db)
-    if not need_dx:
-        return None, dW, db
-    W_T = transposed(ws, "W_T", W)
+    np.sum(dout_2d, axis=1, out=db)
     dx = scratch(ws, "dx", x.shape, W.dtype)
-    np.matmul(dout_2d, W_T, out=dx.reshape(-1, D))
+    np.matmul(W, dout_2d, out=dx.reshape(D, -1))
     return dx, dW, db

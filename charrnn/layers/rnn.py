@@ -1,23 +1,30 @@
 """The vanilla tanh cell of the lecture, unrolled over a chunk of T steps.
 
-    h_t = tanh(x_t W_xh + b_h + h_{t-1} W_hh)
+    h_t = tanh(W_xh^T x_t + b_h + W_hh^T h_{t-1})
 
-Every cell module shares one contract. The input projection `x_t W_xh + b_h` is not part of
-the cell: the model computes it for all T steps at once (a row gather for one-hot inputs, one
-GEMM otherwise) and hands it in as `xw`; the cell does only what must be sequential.
+Every cell module shares one contract:
 
     forward(xw, state0, params, ws) -> (hs, stateT, cache)
     backward(dhs, cache, dstateT, ws) -> (dxw, dstate0, grads)
 
-Shapes: `xw (T, B, GATES*H)`, `state0`/`stateT` `(STATE, B, H)`, `hs (T, B, H)`. `params` holds
-the recurrent weights (here `W_hh (H, H)`). Returned arrays may live in the workspace `ws`.
+The input projection `W_xh^T x_t + b_h` is not part of the cell: the model computes it for all
+T steps at once (a column gather for one-hot inputs, one product per step otherwise) and hands
+it in as `xw`; the cell does only what must be sequential. Shapes (see `charrnn.layers` for the
+two layouts): `xw (T, G*H, B)` step-major, since the loop reads it one step at a time;
+`hs`, `dhs` `(H, T, B)` and `dxw` `(G*H, T, B)` feature-major, since weight gradients are
+GEMMs over all T*B columns; `state0`, `stateT`, `dstate0` `(STATE, H, B)`. `params` holds the
+recurrent weights (here `W_hh (H, H)`: the checkpoint's layout, PyTorch's `weight_hh.T`).
+Returned arrays may live in the workspace `ws`.
+
+Inside the loop each step works on contiguous `(F, B)` blocks, and its one product is
+`W^T (G*H, H) @ h (H, B)`, the orientation in which OpenBLAS runs small batches fastest.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch, transposed
+from charrnn.layers.workspace import Workspace, scratch, swap_leading, transposed
 
 GATES = 1
 STATE = 1  # the hidden state h only
@@ -29,18 +36,19 @@ def forward(
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Run the cell over T steps.
 
-    Inputs: xw (T, B, H) projected inputs; state0 (1, B, H); params {"W_hh": (H, H)}.
-    Returns: hs (T, B, H) hidden states; stateT (1, B, H) the last state; cache for backward.
+    Inputs: xw (T, H, B) projected inputs; state0 (1, H, B); params {"W_hh": (H, H)}.
+    Returns: hs (H, T, B) hidden states; stateT (1, H, B) the last state; cache for backward.
     """
-    T, B, H = xw.shape
-    W_hh = params["W_hh"]
-    h = scratch(ws, "h", (T + 1, B, H), xw.dtype)  # h[0] = h0, h[t + 1] = h_t
+    T, H, B = xw.shape
+    W_hh_T = transposed(ws, "W_hh_T", params["W_hh"])
+    h = scratch(ws, "h", (T + 1, H, B), xw.dtype)  # h[0] = h0, h[t + 1] = h_t
     h[0] = state0[0]
     for t in range(T):
-        np.matmul(h[t], W_hh, out=h[t + 1])
+        np.matmul(W_hh_T, h[t], out=h[t + 1])
         h[t + 1] += xw[t]
         np.tanh(h[t + 1], out=h[t + 1])
-    return h[1:], h[T:], (h, W_hh)
+    h_seq = swap_leading(ws, "h_seq", h)  # (H, T + 1, B)
+    return h_seq[:, 1:], h[T:], (h, h_seq, params["W_hh"])
 
 
 def backward(
@@ -48,23 +56,25 @@ def backward(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backprop through time.
 
-    Inputs: dhs (T, B, H) loss gradient on each h_t (None: zero); dstateT (1, B, H) gradient on
+    Inputs: dhs (H, T, B) loss gradient on each h_t (None: zero); dstateT (1, H, B) gradient on
     the last state from beyond the chunk (None: zero).
-    Returns: dxw (T, B, H); dstate0 (1, B, H); grads {"W_hh": (H, H)}.
+    Returns: dxw (H, T, B); dstate0 (1, H, B); grads {"W_hh": (H, H)}.
     """
-    h, W_hh = cache
-    T, B, H = h.shape[0] - 1, h.shape[1], h.shape[2]
-    da = scratch(ws, "da", (T, B, H), h.dtype)
-    np.multiply(h[1:], h[1:], out=da)
-    np.subtract(1, da, out=da)  # tanh'(a_t) = 1 - h_t^2, then multiplied by dh_t in the loop
-    W_hh_T = transposed(ws, "W_hh_T", W_hh)
-    dh = scratch(ws, "dh", (1, B, H), h.dtype)
+    h, h_seq, W_hh = cache
+    dhs = None if dhs is None else swap_leading(ws, "dhs", dhs)  # (T, H, B): one block per step
+    T, H, B = h.shape[0] - 1, h.shape[1], h.shape[2]
+    da = scratch(ws, "da", (H, T, B), h.dtype)
+    da_t = scratch(ws, "da_t", (H, B), h.dtype)
+    dh = scratch(ws, "dh", (1, H, B), h.dtype)
     dh[:] = 0 if dstateT is None else dstateT
     for t in range(T - 1, -1, -1):
         if dhs is not None:
             dh[0] += dhs[t]
-        da[t] *= dh[0]
-        np.matmul(da[t], W_hh_T, out=dh[0])
+        np.multiply(h[t + 1], h[t + 1], out=da_t)
+        np.subtract(1, da_t, out=da_t)  # tanh'(a_t) = 1 - h_t^2
+        da_t *= dh[0]
+        da[:, t] = da_t
+        np.matmul(W_hh, da_t, out=dh[0])
     dW_hh = scratch(ws, "dW_hh", (H, H), h.dtype)
-    np.matmul(h[:-1].reshape(T * B, H).T, da.reshape(T * B, H), out=dW_hh)
+    np.matmul(h_seq[:, :T].reshape(H, T * B), da.reshape(H, T * B).T, out=dW_hh)
     return da, dh, {"W_hh": dW_hh}

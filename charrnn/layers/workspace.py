@@ -43,3 +43,12 @@ def transposed(ws: Workspace | None, name: str, W: np.ndarray) -> np.ndarray:
     out = scratch(ws, name, W.shape[::-1], W.dtype)
     np.copyto(out, W.T)
     return out
+
+
+def swap_leading(ws: Workspace | None, name: str, x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `x (A, C, B)` as `(C, A, B)`: turns a step-major sequence `(T, F, B)`,
+    whose step is one contiguous block, into a feature-major one `(F, T, B)`, whose `(F, T*B)`
+    reshape is the operand of the all-timestep GEMMs, and back."""
+    out = scratch(ws, name, (x.shape[1], x.shape[0], *x.shape[2:]), x.dtype)
+    np.copyto(out, x.swapaxes(0, 1))
+    return out
