@@ -20,7 +20,7 @@ def forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = 
 def forward_steps(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
     """The input projection of a cell: x (D, T, B) feature-major; W (D, G); b (G,).
     Returns: (T, G, B) step-major, one product per step written into its contiguous block."""
-    D, G = W.shape
+    G = W.shape[1]
     T, B = x.shape[1:]
     out = scratch(ws, "out_steps", (T, G, B), W.dtype)
     np.matmul(W.T, x.swapaxes(0, 1), out=out)
