@@ -47,6 +47,6 @@ def evaluate(model: CharRNN, ids: np.ndarray, streams: int = 1, seq_len: int = 2
     for start in range(0, L, seq_len):
         x = np.ascontiguousarray(inputs[:, start : start + seq_len].T, dtype=np.int64)
         y = np.ascontiguousarray(targets[:, start : start + seq_len].T, dtype=np.int64)
-        logits, state = model.logits(x, state)
+        logits, state = model.logits(x, state, reuse_weights=start > 0)
         total += xent_sum(logits.reshape(V, -1), y.reshape(-1))
     return EvalResult(loss=total / (S * L), chars=S * L)

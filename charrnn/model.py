@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from charrnn.layers import CELLS, embedding, linear, loss
-from charrnn.layers.workspace import Workspace
+from charrnn.layers.workspace import Workspace, transposed
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class RecurrentStack:
         self._train_ws = [Workspace() for _ in range(shape.num_layers)]
         self._infer_ws = [Workspace() for _ in range(shape.num_layers)]
         self._caches: list | None = None
+        self._infer_weights: list | None = None
 
     def _p(self, i: int, name: str) -> np.ndarray:
         return self.params[f"{self.prefix}layers.{i}.{name}"]
@@ -88,28 +89,51 @@ class RecurrentStack:
         """A zero state (L, S, B, H)."""
         return np.zeros(self.shape.state_shape(batch), self.dtype)
 
+    def prepare(self, train: bool) -> list[dict[str, np.ndarray]]:
+        """Per layer, the forms of the current weights that `forward` multiplies by (see
+        `charrnn.layers.rnn`), in the training or the inference workspaces."""
+        workspaces = self._train_ws if train else self._infer_ws
+        weights = []
+        for i, ws in enumerate(workspaces):
+            w = self.cell.prepare({name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}, ws)
+            W_xh, b_h = self._p(i, "W_xh"), self._p(i, "b_h")
+            w["input"] = embedding.table(W_xh, b_h, ws) if i == 0 else transposed(ws, "W_xh_T", W_xh)
+            weights.append(w)
+        return weights
+
     def forward(
         self,
         ids: np.ndarray,
         state: np.ndarray,
         train: bool = True,
         dropout_rng: np.random.Generator | None = None,
+        reuse_weights: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """ids (T, B), state (L, S, B, H) -> top hidden states (H, T, B), new state (L, S, B, H).
 
         With train=True, keeps what `backward` needs and applies dropout if `dropout_rng` is given.
+        reuse_weights=True skips `prepare` and uses what the last inference call prepared: for a
+        run of inference calls (generation, evaluation) while the parameters do not change.
         """
         workspaces = self._train_ws if train else self._infer_ws
+        if train or not reuse_weights or self._infer_weights is None:
+            weights = self.prepare(train)
+            if not train:
+                self._infer_weights = weights
+        else:
+            weights = self._infer_weights
         new_state = np.empty_like(state)
         caches = []
         x: np.ndarray = ids
         for i in range(self.shape.num_layers):
             ws = workspaces[i]
             layer_input = x
-            W_xh, b_h = self._p(i, "W_xh"), self._p(i, "b_h")
-            xw = embedding.forward(ids, W_xh, b_h, ws) if i == 0 else linear.forward_steps(x, W_xh, b_h, ws)
-            recurrent = {name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}
-            hs, stateT, cell_cache = self.cell.forward(xw, state[i].transpose(0, 2, 1), recurrent, ws)
+            w = weights[i]
+            if i == 0:
+                xw = embedding.forward(ids, w["input"], ws)
+            else:
+                xw = linear.forward_steps(x, w["input"], self._p(i, "b_h"), ws)
+            hs, stateT, cell_cache = self.cell.forward(xw, state[i].transpose(0, 2, 1), w, ws)
             new_state[i] = stateT.transpose(0, 2, 1)
             mask = None
             if train and dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
@@ -213,7 +237,13 @@ class CharRNN:
         grads["W_hy"], grads["b_y"] = dW_hy, db_y
         return grads
 
-    def logits(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inference: ids (T, B), state (L, S, B, H) -> logits (V, T, B), new state. No dropout."""
-        top, new_state = self.stack.forward(ids, state, train=False)
+    def logits(
+        self, ids: np.ndarray, state: np.ndarray, reuse_weights: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inference: ids (T, B), state (L, S, B, H) -> logits (V, T, B), new state. No dropout.
+
+        reuse_weights=True: the parameters have not changed since the last `logits` call (see
+        `RecurrentStack.forward`).
+        """
+        top, new_state = self.stack.forward(ids, state, train=False, reuse_weights=reuse_weights)
         return linear.forward(top, self.params["W_hy"], self.params["b_y"], self._infer_head_ws), new_state

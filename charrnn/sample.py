@@ -66,8 +66,8 @@ def _feedback_loop(
 ) -> Iterator[np.ndarray]:
     state = model.initial_state(num_samples)
     x = np.repeat(seed_ids[:, None], num_samples, axis=1)  # (P, N)
-    for _ in range(length):
-        logits, state = model.logits(x, state)
+    for step in range(length):
+        logits, state = model.logits(x, state, reuse_weights=step > 0)
         ids = next_ids(logits[:, -1].T, rng, temperature, top_k, greedy)
         yield ids
         x = ids[None, :]

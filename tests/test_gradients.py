@@ -26,10 +26,10 @@ def test_cell_backward_matches_finite_differences(cell: str) -> None:
     dstateT = rng.normal(size=(mod.STATE, H, B))
 
     def f() -> float:
-        hs, stateT, _ = mod.forward(xw, state0, params)
+        hs, stateT, _ = mod.forward(xw, state0, mod.prepare(params))
         return float(np.sum(hs * dhs) + np.sum(stateT * dstateT))
 
-    _, _, cache = mod.forward(xw, state0, params)
+    _, _, cache = mod.forward(xw, state0, mod.prepare(params))
     dxw, dstate0, grads = mod.backward(dhs, cache, dstateT)
     assert rel_error(dxw.swapaxes(0, 1), numeric_grad(f, xw)) < TOL
     assert rel_error(dstate0, numeric_grad(f, state0)) < TOL
@@ -82,7 +82,7 @@ def test_embedding_linear_and_softmax_backward() -> None:
     W, b = rng.normal(size=(6, 4)), rng.normal(size=4)
     dout = rng.normal(size=(4, 3, 2))  # feature-major (G, T, B); forward returns step-major (T, G, B)
     dW, db = embedding.backward(dout, ids, 6)
-    f = lambda: float(np.sum(embedding.forward(ids, W, b) * dout.swapaxes(0, 1)))  # noqa: E731
+    f = lambda: float(np.sum(embedding.forward(ids, embedding.table(W, b)) * dout.swapaxes(0, 1)))  # noqa: E731
     assert rel_error(dW, numeric_grad(f, W)) < TOL and rel_error(db, numeric_grad(f, b)) < TOL
 
     x, W2, b2 = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 5)), rng.normal(size=5)

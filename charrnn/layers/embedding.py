@@ -13,16 +13,23 @@ import numpy as np
 from charrnn.layers.workspace import Workspace, scratch
 
 
-def forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
-    """Inputs: ids (T, B) ints < V; W (V, G); b (G,). Returns: (T, G, B), `[t, :, b] = W[ids[t, b]] + b`."""
+def table(W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
+    """W (V, G), b (G,) -> (G, V + 1): the columns of (W + b)^T, then b alone for "no input"."""
     V, G = W.shape
-    table = scratch(ws, "table", (G, V + 1), W.dtype)  # (W + b)^T, then b alone for "no input"
-    np.add(W.T, b[:, None], out=table[:, :V])
-    table[:, V] = b
+    out = scratch(ws, "table", (G, V + 1), W.dtype)
+    np.add(W.T, b[:, None], out=out[:, :V])
+    out[:, V] = b
+    return out
+
+
+def forward(ids: np.ndarray, table: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
+    """Inputs: ids (T, B) ints < V; `table(W, b)` (G, V + 1).
+    Returns: (T, G, B), `[t, :, b] = W[ids[t, b]] + b` (just b where ids[t, b] < 0)."""
+    G, V = table.shape[0], table.shape[1] - 1
     if ids.size and ids.min() < 0:
         ids = np.where(ids < 0, V, ids)
     T, B = ids.shape
-    out = scratch(ws, "xw", (T, G, B), W.dtype)
+    out = scratch(ws, "xw", (T, G, B), table.dtype)
     for t in range(T):  # one (G, B) block per step; mode="raise" would buffer the output, and ids < V
         np.take(table, ids[t], axis=1, out=out[t], mode="clip")
     return out

@@ -12,8 +12,8 @@ recurrent bias of its own, `b_hn (H,)`:
 From a PyTorch `nn.GRU`: `W_xh = weight_ih_l{k}.T`, `W_hh = weight_hh_l{k}.T`,
 `b_h = bias_ih_l{k} + [bias_hh_r, bias_hh_z, 0]`, `b_hn = bias_hh_n`.
 
-r and z are activated by one `exp` (sigmoid(a) = 1 / (1 + exp(-a))); their recurrent weights
-are negated once per chunk so the step needs no scaling pass.
+r and z are activated by one `exp` (sigmoid(a) = 1 / (1 + exp(-a))); `prepare` negates their
+recurrent weights once, so the step needs no scaling pass.
 """
 
 from __future__ import annotations
@@ -27,24 +27,31 @@ STATE = 1
 RECURRENT_PARAMS = ("W_hh", "b_hn")
 
 
+def prepare(params: dict[str, np.ndarray], ws: Workspace | None = None) -> dict[str, np.ndarray]:
+    """params {"W_hh": (H, 3H), "b_hn": (H,)} -> weights {"W_hh", "b_hn", "W_exp": (3H, H)}:
+    W_exp = W_hh^T with the r and z rows negated."""
+    W_hh = params["W_hh"]
+    H = W_hh.shape[0]
+    W_exp = scratch(ws, "W_exp", (3 * H, H), W_hh.dtype)
+    np.copyto(W_exp, W_hh.T)
+    np.negative(W_exp[: 2 * H], out=W_exp[: 2 * H])
+    return {"W_hh": W_hh, "b_hn": params["b_hn"], "W_exp": W_exp}
+
+
 def forward(
-    xw: np.ndarray, state0: np.ndarray, params: dict[str, np.ndarray], ws: Workspace | None = None
+    xw: np.ndarray, state0: np.ndarray, weights: dict[str, np.ndarray], ws: Workspace | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Run the cell over T steps.
 
-    Inputs: xw (T, 3H, B) projected inputs; state0 (1, H, B);
-    params {"W_hh": (H, 3H), "b_hn": (H,)}.
+    Inputs: xw (T, 3H, B) projected inputs; state0 (1, H, B); weights from `prepare`.
     Returns: hs (H, T, B); stateT (1, H, B); cache for backward.
     """
     T, G, B = xw.shape
     H = G // 3
     dtype = xw.dtype
-    W_hh = params["W_hh"]
-    W = scratch(ws, "W_exp", (G, H), dtype)  # W_hh^T with the r and z rows negated
-    np.copyto(W, W_hh.T)
-    np.negative(W[: 2 * H], out=W[: 2 * H])
+    W = weights["W_exp"]
     b_hn = scratch(ws, "b_hn", (H, B), dtype)
-    b_hn[:] = params["b_hn"][:, None]
+    b_hn[:] = weights["b_hn"][:, None]
     gates = scratch(ws, "gates", (T, G, B), dtype)  # activated [r | z | n] per step
     hn = scratch(ws, "hn", (T, H, B), dtype)  # W_hn^T h_{t-1} + b_hn
     h = scratch(ws, "h", (T + 1, H, B), dtype)
@@ -66,7 +73,7 @@ def forward(
             h[t + 1] *= z
             h[t + 1] += n
     h_seq = swap_leading(ws, "h_seq", h)
-    return h_seq[:, 1:], h[T:], (gates, hn, h, h_seq, W_hh)
+    return h_seq[:, 1:], h[T:], (gates, hn, h, h_seq, weights["W_hh"])
 
 
 def backward(

@@ -17,16 +17,18 @@ def forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = 
     return out
 
 
-def forward_steps(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
-    """The input projection of a cell: x (D, T, B) feature-major; W (D, G); b (G,).
+def forward_steps(x: np.ndarray, W_T: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
+    """The input projection of a cell: x (D, T, B) feature-major; W_T (G, D) = W.T, contiguous
+    (the product runs faster on it); b (G,).
     Returns: (T, G, B) step-major, one product per step written into its contiguous block."""
-    G = W.shape[1]
+    G = W_T.shape[0]
     T, B = x.shape[1:]
-    out = scratch(ws, "out_steps", (T, G, B), W.dtype)
-    np.matmul(W.T, x.swapaxes(0, 1), out=out)
-    bias = scratch(ws, "bias", (G, B), W.dtype)
+    out = scratch(ws, "out_steps", (T, G, B), W_T.dtype)
+    np.matmul(W_T, x.swapaxes(0, 1), out=out)
+    bias = scratch(ws, "bias", (G, B), W_T.dtype)
     bias[:] = b[:, None]
-    out += bias
+    for t in range(T):  # while the block is in cache
+        out[t] += bias
     return out
 
 

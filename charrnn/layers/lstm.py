@@ -28,27 +28,29 @@ STATE = 2  # h and c
 RECURRENT_PARAMS = ("W_hh",)
 
 
-def _exp_weights(ws: Workspace | None, W_hh: np.ndarray) -> np.ndarray:
-    """(4H, H) = -W_hh^T, with the g rows doubled: W @ h gives -a for i, f, o and -2a for g."""
+def prepare(params: dict[str, np.ndarray], ws: Workspace | None = None) -> dict[str, np.ndarray]:
+    """params {"W_hh": (H, 4H)} -> weights {"W_hh", "W_exp": (4H, H)}: W_exp = -W_hh^T with the
+    g rows doubled, so W_exp @ h gives -a for i, f, o and -2a for g."""
+    W_hh = params["W_hh"]
     H = W_hh.shape[0]
-    W = scratch(ws, "W_exp", (4 * H, H), W_hh.dtype)
-    np.negative(W_hh.T, out=W)
-    W[2 * H : 3 * H] *= 2
-    return W
+    W_exp = scratch(ws, "W_exp", (4 * H, H), W_hh.dtype)
+    np.negative(W_hh.T, out=W_exp)
+    W_exp[2 * H : 3 * H] *= 2
+    return {"W_hh": W_hh, "W_exp": W_exp}
 
 
 def forward(
-    xw: np.ndarray, state0: np.ndarray, params: dict[str, np.ndarray], ws: Workspace | None = None
+    xw: np.ndarray, state0: np.ndarray, weights: dict[str, np.ndarray], ws: Workspace | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Run the cell over T steps.
 
-    Inputs: xw (T, 4H, B) projected inputs; state0 (2, H, B) = (h0, c0); params {"W_hh": (H, 4H)}.
+    Inputs: xw (T, 4H, B) projected inputs; state0 (2, H, B) = (h0, c0); weights from `prepare`.
     Returns: hs (H, T, B); stateT (2, H, B); cache for backward.
     """
     T, G, B = xw.shape
     H = G // 4
     dtype = xw.dtype
-    W = _exp_weights(ws, params["W_hh"])
+    W = weights["W_exp"]
     gates = scratch(ws, "gates", (T, G, B), dtype)  # activated [i | f | g | o] per step
     h = scratch(ws, "h", (T + 1, H, B), dtype)  # h[t + 1] = h_t
     c = scratch(ws, "c", (T + 1, H, B), dtype)
@@ -75,7 +77,7 @@ def forward(
     stateT = scratch(ws, "stateT", (2, H, B), dtype)
     stateT[0], stateT[1] = h[T], c[T]
     h_seq = swap_leading(ws, "h_seq", h)
-    return h_seq[:, 1:], stateT, (gates, c, tanh_c, h_seq, params["W_hh"])
+    return h_seq[:, 1:], stateT, (gates, c, tanh_c, h_seq, weights["W_hh"])
 
 
 def backward(

@@ -4,7 +4,8 @@
 
 Every cell module shares one contract:
 
-    forward(xw, state0, params, ws) -> (hs, stateT, cache)
+    prepare(params, ws) -> weights
+    forward(xw, state0, weights, ws) -> (hs, stateT, cache)
     backward(dhs, cache, dstateT, ws) -> (dxw, dstate0, grads)
 
 The input projection `W_xh^T x_t + b_h` is not part of the cell: the model computes it for all
@@ -13,8 +14,10 @@ it in as `xw`; the cell does only what must be sequential. Shapes (see `charrnn.
 two layouts): `xw (T, G*H, B)` step-major, since the loop reads it one step at a time;
 `hs`, `dhs` `(H, T, B)` and `dxw` `(G*H, T, B)` feature-major, since weight gradients are
 GEMMs over all T*B columns; `state0`, `stateT`, `dstate0` `(STATE, H, B)`. `params` holds the
-recurrent weights (here `W_hh (H, H)`: the checkpoint's layout, PyTorch's `weight_hh.T`).
-Returned arrays may live in the workspace `ws`.
+recurrent weights (here `W_hh (H, H)`: the checkpoint's layout, PyTorch's `weight_hh.T`);
+`prepare` turns them into the forms the loop multiplies by (a transposed copy, here), once per
+set of weights: once per training chunk, once per evaluation or generation run. Returned
+arrays may live in the workspace `ws`.
 
 Inside the loop each step works on contiguous `(F, B)` blocks, and its one product is
 `W^T (G*H, H) @ h (H, B)`, the orientation in which OpenBLAS runs small batches fastest.
@@ -31,16 +34,21 @@ STATE = 1  # the hidden state h only
 RECURRENT_PARAMS = ("W_hh",)
 
 
+def prepare(params: dict[str, np.ndarray], ws: Workspace | None = None) -> dict[str, np.ndarray]:
+    """params {"W_hh": (H, H)} -> weights {"W_hh": (H, H), "W_hh_T": (H, H) contiguous}."""
+    return {"W_hh": params["W_hh"], "W_hh_T": transposed(ws, "W_hh_T", params["W_hh"])}
+
+
 def forward(
-    xw: np.ndarray, state0: np.ndarray, params: dict[str, np.ndarray], ws: Workspace | None = None
+    xw: np.ndarray, state0: np.ndarray, weights: dict[str, np.ndarray], ws: Workspace | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Run the cell over T steps.
 
-    Inputs: xw (T, H, B) projected inputs; state0 (1, H, B); params {"W_hh": (H, H)}.
+    Inputs: xw (T, H, B) projected inputs; state0 (1, H, B); weights from `prepare`.
     Returns: hs (H, T, B) hidden states; stateT (1, H, B) the last state; cache for backward.
     """
     T, H, B = xw.shape
-    W_hh_T = transposed(ws, "W_hh_T", params["W_hh"])
+    W_hh_T = weights["W_hh_T"]
     h = scratch(ws, "h", (T + 1, H, B), xw.dtype)  # h[0] = h0, h[t + 1] = h_t
     h[0] = state0[0]
     for t in range(T):
@@ -48,7 +56,7 @@ def forward(
         h[t + 1] += xw[t]
         np.tanh(h[t + 1], out=h[t + 1])
     h_seq = swap_leading(ws, "h_seq", h)  # (H, T + 1, B)
-    return h_seq[:, 1:], h[T:], (h, h_seq, params["W_hh"])
+    return h_seq[:, 1:], h[T:], (h, h_seq, weights["W_hh"])
 
 
 def backward(
