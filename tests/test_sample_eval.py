@@ -62,3 +62,32 @@ def test_num_samples_streams_are_independent_and_match_single_runs_when_greedy()
     single = [s[0] for s in generate(model, vocab, 30, np.random.default_rng(0), prime="ab", greedy=True)]
     for row in greedy:
         np.testing.assert_array_equal(row, single)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_evaluation_after_a_training_step_sees_the_updated_weights(cell: str) -> None:
+    """Evaluation reuses its prepared weights only within one run: the next run re-prepares."""
+    from charrnn.config import TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.optim import Optimizer
+
+    model = make_model(cell, V=7, layers=2)
+    ids = np.random.default_rng(0).integers(0, 7, 200)
+    before = evaluate(model, ids, seq_len=16).loss
+    x, y = ids[:16].reshape(4, 4), ids[1:17].reshape(4, 4)
+    model.loss(x, y, model.initial_state(4))
+    Optimizer(TrainConfig(lr=0.05), model.params).step(model.params, model.backward(), 0.05)
+    after = evaluate(model, ids, seq_len=16).loss
+    fresh = CharRNN(model.shape, {k: v.copy() for k, v in model.params.items()})
+    assert after != before
+    assert after == evaluate(fresh, ids, seq_len=16).loss
+
+
+def test_reusing_prepared_weights_gives_the_same_logits_as_preparing_them() -> None:
+    model = make_model("lstm", V=7, layers=2)
+    ids = np.random.default_rng(1).integers(0, 7, (5, 3))
+    state = model.initial_state(3)
+    fresh, _ = model.logits(ids, state)
+    fresh = fresh.copy()
+    reused, _ = model.logits(ids, state, reuse_weights=True)
+    np.testing.assert_array_equal(reused, fresh)

@@ -1,8 +1,8 @@
 """One-hot input times a weight matrix, done as a column gather.
 
-A one-hot `x_t` (V,) times `W (V, G)` selects a row of W, so the forward pass gathers the
-columns `ids` of `(W + b)^T`, step by step, straight into the step-major `(T, G, B)` layout the
-cells read, and the weight gradient is `onehot(ids) @ dout^T`, one GEMM over all T*B positions.
+A one-hot `x_t` (V,) times `W (V, G)` selects a row of W, so the forward pass gathers rows of
+`W + b` (columns of its transpose, step by step, when B > 1) straight into the step-major
+`(T, G, B)` layout the cells read, and the weight gradient is `onehot(ids) @ dout^T`, one GEMM over all T*B positions.
 An id < 0 stands for no input: a zero vector, so that position gets only the bias.
 """
 
@@ -10,28 +10,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.layers.workspace import Workspace, scratch
+from charrnn.layers.workspace import Workspace, scratch, transposed
 
 
-def table(W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
-    """W (V, G), b (G,) -> (G, V + 1): the columns of (W + b)^T, then b alone for "no input"."""
+def table(W: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """W (V, G), b (G,) -> the rows of W + b and then b alone (for "no input"), (V + 1, G), and
+    the same as columns, (G, V + 1)."""
     V, G = W.shape
-    out = scratch(ws, "table", (G, V + 1), W.dtype)
-    np.add(W.T, b[:, None], out=out[:, :V])
-    out[:, V] = b
-    return out
+    rows = scratch(ws, "table_rows", (V + 1, G), W.dtype)
+    np.add(W, b, out=rows[:V])
+    rows[V] = b
+    return rows, transposed(ws, "table_cols", rows)
 
 
-def forward(ids: np.ndarray, table: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
-    """Inputs: ids (T, B) ints < V; `table(W, b)` (G, V + 1).
+def forward(ids: np.ndarray, tables: tuple[np.ndarray, np.ndarray], ws: Workspace | None = None) -> np.ndarray:
+    """Inputs: ids (T, B) ints < V; `table(W, b)`.
     Returns: (T, G, B), `[t, :, b] = W[ids[t, b]] + b` (just b where ids[t, b] < 0)."""
-    G, V = table.shape[0], table.shape[1] - 1
+    rows, cols = tables
+    V, G = rows.shape[0] - 1, rows.shape[1]
     if ids.size and ids.min() < 0:
         ids = np.where(ids < 0, V, ids)
     T, B = ids.shape
-    out = scratch(ws, "xw", (T, G, B), table.dtype)
-    for t in range(T):  # one (G, B) block per step; mode="raise" would buffer the output, and ids < V
-        np.take(table, ids[t], axis=1, out=out[t], mode="clip")
+    out = scratch(ws, "xw", (T, G, B), rows.dtype)
+    # mode="clip" (ids < V by contract): mode="raise" would buffer the output.
+    if B == 1:  # (T, G, 1) is (T, G): one row gather
+        rows.take(ids[:, 0], axis=0, out=out.reshape(T, G), mode="clip")
+    else:  # one (G, B) block per step
+        for t in range(T):
+            cols.take(ids[t], axis=1, out=out[t], mode="clip")
     return out
 
 

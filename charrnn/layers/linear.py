@@ -19,11 +19,17 @@ def forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, ws: Workspace | None = 
 
 def forward_steps(x: np.ndarray, W_T: np.ndarray, b: np.ndarray, ws: Workspace | None = None) -> np.ndarray:
     """The input projection of a cell: x (D, T, B) feature-major; W_T (G, D) = W.T, contiguous
-    (the product runs faster on it); b (G,).
-    Returns: (T, G, B) step-major, one product per step written into its contiguous block."""
-    G = W_T.shape[0]
+    (the per-step products run faster on it); b (G,).
+    Returns: (T, G, B) step-major: one product per step written into its contiguous block, or,
+    for one stream, one product over all steps ((T, G, 1) is (T, G) = x^T W)."""
+    G, D = W_T.shape
     T, B = x.shape[1:]
     out = scratch(ws, "out_steps", (T, G, B), W_T.dtype)
+    if B == 1:
+        out_2d = out.reshape(T, G)
+        np.matmul(x.reshape(D, T).T, W_T.T, out=out_2d)
+        out_2d += b
+        return out
     np.matmul(W_T, x.swapaxes(0, 1), out=out)
     bias = scratch(ws, "bias", (G, B), W_T.dtype)
     bias[:] = b[:, None]
