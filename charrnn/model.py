@@ -237,9 +237,7 @@ class CharRNN:
         grads["W_hy"], grads["b_y"] = dW_hy, db_y
         return grads
 
-    def logits(
-        self, ids: np.ndarray, state: np.ndarray, reuse_weights: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def logits(self, ids: np.ndarray, state: np.ndarray, reuse_weights: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Inference: ids (T, B), state (L, S, B, H) -> logits (V, T, B), new state. No dropout.
 
         reuse_weights=True: the parameters have not changed since the last `logits` call (see

@@ -76,15 +76,30 @@ def test_dropout_changes_the_loss_only_in_training() -> None:
     np.testing.assert_array_equal(logits_a, logits_b)
 
 
-def test_embedding_linear_and_softmax_backward() -> None:
+@pytest.mark.parametrize(
+    "ids",
+    [np.array([[0, 5], [2, 2], [4, 1]]), np.array([[3, -1], [-1, -1], [0, 5]]), np.array([[1], [-1], [4]])],
+    ids=["batch", "no-input positions", "one stream"],
+)
+def test_embedding_backward(ids: np.ndarray) -> None:
     rng = np.random.default_rng(4)
-    ids = rng.integers(0, 6, (3, 2))
     W, b = rng.normal(size=(6, 4)), rng.normal(size=4)
-    dout = rng.normal(size=(4, 3, 2))  # feature-major (G, T, B); forward returns step-major (T, G, B)
+    dout = rng.normal(size=(4, *ids.shape))  # feature-major (G, T, B); forward returns step-major (T, G, B)
     dW, db = embedding.backward(dout, ids, 6)
     f = lambda: float(np.sum(embedding.forward(ids, embedding.table(W, b)) * dout.swapaxes(0, 1)))  # noqa: E731
     assert rel_error(dW, numeric_grad(f, W)) < TOL and rel_error(db, numeric_grad(f, b)) < TOL
 
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_projection_into_steps_equals_the_feature_major_projection(B: int) -> None:
+    rng = np.random.default_rng(6)
+    x, W, b = rng.normal(size=(4, 5, B)), rng.normal(size=(4, 6)), rng.normal(size=6)
+    steps = linear.forward_steps(x, np.ascontiguousarray(W.T), b)
+    np.testing.assert_allclose(steps, linear.forward(x, W, b).swapaxes(0, 1), rtol=1e-13)
+
+
+def test_linear_and_softmax_backward() -> None:
+    rng = np.random.default_rng(4)
     x, W2, b2 = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 5)), rng.normal(size=5)
     dout2 = rng.normal(size=(5, 3, 2))
     dx, dW2, db2 = linear.backward(dout2, x, W2)

@@ -51,12 +51,16 @@ def backward(
     onehot = scratch(ws, "onehot", (vocab_size, n), dout.dtype)  # (V, T*B)
     onehot.fill(0)
     positions = np.arange(n)
-    if n and flat_ids.min() < 0:
+    every_position_has_input = not n or flat_ids.min() >= 0
+    if not every_position_has_input:
         positions, flat_ids = positions[flat_ids >= 0], flat_ids[flat_ids >= 0]
     onehot[flat_ids, positions] = 1
     dout_2d = dout.reshape(G, n)
     dW = scratch(ws, "dW", (vocab_size, G), dout.dtype)
     np.matmul(onehot, dout_2d.T, out=dW)
     db = scratch(ws, "db", (G,), dout.dtype)
-    np.sum(dout_2d, axis=1, out=db)
+    if every_position_has_input:  # each column went to exactly one row of dW: a V-row sum
+        np.sum(dW, axis=0, out=db)
+    else:
+        np.sum(dout_2d, axis=1, out=db)
     return dW, db
