@@ -4,7 +4,8 @@
 
 Every measurement runs in its own process (benchmarks/worker.py) so the two libraries' thread
 pools never compete. Prints a Markdown table (copy it into benchmarks/RESULTS.md) and writes
-benchmarks/out/results.json. Ratios are charrnn / torch chars/s, medians over the rounds.
+benchmarks/out/results.json. chars/s are medians over the rounds; a ratio is the median over the
+rounds of charrnn / torch chars/s within the round, with its range (min-max) beside it.
 """
 
 from __future__ import annotations
@@ -46,14 +47,22 @@ def alternate(task: str, args: tuple, rounds: int) -> dict:
             runs[engine].append(measure(engine, task, *args))
     speed = {e: statistics.median(r["chars_per_sec"] for r in rs) for e, rs in runs.items()}
     rss = {e: max(r["peak_rss_mib"] for r in rs) for e, rs in runs.items()}
+    # Each round's two runs are back to back, so their ratio cancels the machine's slow drift.
+    ratios = [c["chars_per_sec"] / t["chars_per_sec"] for c, t in zip(runs["charrnn"], runs["torch"], strict=True)]
     return {
         "args": args,
         "charrnn": speed["charrnn"],
         "torch": speed["torch"],
-        "ratio": speed["charrnn"] / speed["torch"],
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
         "rss_charrnn": rss["charrnn"],
         "rss_torch": rss["torch"],
     }
+
+
+def _ratio(r: dict) -> str:
+    low, high = r["ratio_range"]
+    return f"**{r['ratio']:.2f}** ({low:.2f}-{high:.2f})"
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -86,7 +95,7 @@ def main() -> None:
         results["gemm_gflops"] = gemm_gflops()
         print(f"np.matmul float32 2048^3: {results['gemm_gflops']:.0f} GFLOP/s", flush=True)
     if opts.only in (None, "train"):
-        print("\n| config (float32, Adam, clip 5) | charrnn chars/s | torch chars/s | ratio | peak RSS MiB |")
+        print("\n| config (float32, Adam, clip 5) | charrnn chars/s | torch chars/s | ratio (range) | peak RSS MiB |")
         print("| --- | --- | --- | --- | --- |")
         results["train"] = []
         for cell, H, L, B, T, steps in TRAIN[:1] if opts.quick else TRAIN:
@@ -96,30 +105,29 @@ def main() -> None:
             note = f" ({r['charrnn'] * flops / 1e9:.1f} GFLOP/s)" if flops and L == 1 else ""
             print(
                 f"| {cell}, H {H}, {L} layer{'s' * (L > 1)}, B {B}, T {T} | {r['charrnn']:,.0f}{note} | "
-                f"{r['torch']:,.0f} | **{r['ratio']:.2f}** | {r['rss_charrnn']:.0f} / {r['rss_torch']:.0f} |",
+                f"{r['torch']:,.0f} | {_ratio(r)} | {r['rss_charrnn']:.0f} / {r['rss_torch']:.0f} |",
                 flush=True,
             )
     if opts.only in (None, "sample") and not opts.quick:
-        print("\n| sampling | charrnn chars/s | torch chars/s | ratio |\n| --- | --- | --- | --- |")
+        print("\n| sampling | charrnn chars/s | torch chars/s | ratio (range) |\n| --- | --- | --- | --- |")
         results["sample"] = []
         for cell, H, L, streams, chars in SAMPLE:
             r = alternate("sample", (cell, H, L, streams, chars), rounds)
             results["sample"].append(r)
             print(
-                f"| {cell} {L}x{H}, {streams} stream(s) | {r['charrnn']:,.0f} | {r['torch']:,.0f} | "
-                f"**{r['ratio']:.2f}** |",
+                f"| {cell} {L}x{H}, {streams} stream(s) | {r['charrnn']:,.0f} | {r['torch']:,.0f} | {_ratio(r)} |",
                 flush=True,
             )
         one, many = results["sample"][0]["charrnn"], results["sample"][1]["charrnn"]
         print(f"\ncharrnn 32 streams / 1 stream: {many / one:.1f}x chars/s")
     if opts.only in (None, "eval") and not opts.quick:
-        print("\n| eval, tinyshakespeare val (111,539 chars, 1 stream) | charrnn chars/s | torch chars/s | ratio |")
+        print("\n| eval, tinyshakespeare val, 1 stream | charrnn chars/s | torch chars/s | ratio (range) |")
         print("| --- | --- | --- | --- |")
         results["eval"] = []
         for cell, H, L in EVAL:
             r = alternate("eval", (cell, H, L), rounds)
             results["eval"].append(r)
-            print(f"| {cell} {L}x{H} | {r['charrnn']:,.0f} | {r['torch']:,.0f} | **{r['ratio']:.2f}** |", flush=True)
+            print(f"| {cell} {L}x{H} | {r['charrnn']:,.0f} | {r['torch']:,.0f} | {_ratio(r)} |", flush=True)
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "results.json").write_text(json.dumps(results, indent=1))
 
