@@ -69,20 +69,19 @@ def backward(
     Returns: dxw (H, T, B); dstate0 (1, H, B); grads {"W_hh": (H, H)}.
     """
     h, h_seq, W_hh = cache
-    dhs = None if dhs is None else swap_leading(ws, "dhs", dhs)  # (T, H, B): one block per step
     T, H, B = h.shape[0] - 1, h.shape[1], h.shape[2]
-    da = scratch(ws, "da", (H, T, B), h.dtype)
-    da_t = scratch(ws, "da_t", (H, B), h.dtype)
+    dhs = None if dhs is None else swap_leading(ws, "dhs", dhs)  # (T, H, B): one block per step
+    da_steps = scratch(ws, "da_steps", (T, H, B), h.dtype)
+    np.multiply(h[1:], h[1:], out=da_steps)
+    np.subtract(1, da_steps, out=da_steps)  # tanh'(a_t) = 1 - h_t^2, then times dh_t in the loop
     dh = scratch(ws, "dh", (1, H, B), h.dtype)
     dh[:] = 0 if dstateT is None else dstateT
     for t in range(T - 1, -1, -1):
         if dhs is not None:
             dh[0] += dhs[t]
-        np.multiply(h[t + 1], h[t + 1], out=da_t)
-        np.subtract(1, da_t, out=da_t)  # tanh'(a_t) = 1 - h_t^2
-        da_t *= dh[0]
-        da[:, t] = da_t
-        np.matmul(W_hh, da_t, out=dh[0])
+        da_steps[t] *= dh[0]
+        np.matmul(W_hh, da_steps[t], out=dh[0])
+    da = swap_leading(ws, "da", da_steps)  # (H, T, B)
     dW_hh = scratch(ws, "dW_hh", (H, H), h.dtype)
     np.matmul(h_seq[:, :T].reshape(H, T * B), da.reshape(H, T * B).T, out=dW_hh)
     return da, dh, {"W_hh": dW_hh}
