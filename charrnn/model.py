@@ -11,6 +11,7 @@ The carried state is one array `(L, S, B, H)`: L layers, S state arrays per cell
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -89,9 +90,10 @@ class RecurrentStack:
         """A zero state (L, S, B, H)."""
         return np.zeros(self.shape.state_shape(batch), self.dtype)
 
-    def prepare(self, train: bool) -> list[dict[str, np.ndarray]]:
-        """Per layer, the forms of the current weights that `forward` multiplies by (see
-        `charrnn.layers.rnn`), in the training or the inference workspaces."""
+    def prepare(self, train: bool) -> list[dict[str, Any]]:
+        """Per layer, the forms of the current weights that `forward` multiplies by, in the
+        training or the inference workspaces: the cell's `prepare` (see `charrnn.layers.rnn`)
+        plus "input", the embedding tables for layer 0 and `W_xh^T` above it."""
         workspaces = self._train_ws if train else self._infer_ws
         weights = []
         for i, ws in enumerate(workspaces):

@@ -43,7 +43,8 @@ def generate(
     With a prime, the state is built from it and the first character follows it. Without, the
     model is started on a newline (or, if the vocabulary lacks one, a random character) that
     is not part of the output. A prime with characters outside the vocabulary fails here,
-    before anything is generated.
+    before anything is generated. The weights are prepared on the first step and reused after
+    it, so the model's parameters must not change while the iterator is being consumed.
     """
     if prime:
         seed_ids = vocab.encode(prime).astype(np.int64)

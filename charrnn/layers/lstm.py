@@ -12,9 +12,9 @@ The state is `(2, H, B)`: `state[0]` is h, `state[1]` is c. A PyTorch `nn.LSTM` 
 transpose: `W_xh = weight_ih_l{k}.T`, `W_hh = weight_hh_l{k}.T`, `b_h = bias_ih_l{k} + bias_hh_l{k}`.
 
 All four gates are activated by one `exp` over the whole block: sigmoid(a) = 1 / (1 + exp(-a))
-and tanh(a) = 2 sigmoid(2a) - 1. The recurrent weights are copied once per chunk with the
-factor -1 (-2 for g) folded in, so the step needs no separate scaling pass; numpy's float32
-`exp` costs about half of its `tanh` on this project's machines.
+and tanh(a) = 2 sigmoid(2a) - 1. `prepare` copies the recurrent weights once with the factor
+-1 (-2 for g) folded in, so the step needs no separate scaling pass; numpy's float32 `exp`
+costs about half of its `tanh` on this project's machines.
 """
 
 from __future__ import annotations

@@ -24,12 +24,6 @@ class Workspace:
             self._arrays[name] = array
         return array
 
-    def zeros(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Like `get`, filled with zeros."""
-        array = self.get(name, shape, dtype)
-        array.fill(0)
-        return array
-
 
 def scratch(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An array from `ws`, or a fresh one when no workspace is given."""
