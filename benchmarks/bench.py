@@ -1,6 +1,6 @@
 """charrnn against the PyTorch reference on the same configs, alternating the two in one run.
 
-    python benchmarks/bench.py [--rounds 2] [--quick] [--only train|sample|eval|gemm]
+    python benchmarks/bench.py [--rounds 2] [--quick] [--only train|sample|eval|score|gemm]
 
 Every measurement runs in its own process (benchmarks/worker.py) so the two libraries' thread
 pools never compete. Prints a Markdown table (copy it into benchmarks/RESULTS.md) and writes
@@ -32,6 +32,7 @@ TRAIN = [  # cell, H, layers, B, T, measured steps
 ]
 SAMPLE = [("lstm", 512, 2, 1, 2000), ("lstm", 512, 2, 32, 500)]  # cell, H, layers, streams, chars
 EVAL = [("rnn", 512, 1), ("lstm", 256, 2)]
+SCORE = [("gru", 256, 2, 100_000)]  # the default model; lines of tinyshakespeare
 
 
 def measure(engine: str, task: str, *args: object) -> dict:
@@ -83,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="first train config only, 1 round")
-    parser.add_argument("--only", choices=["train", "sample", "eval", "gemm"])
+    parser.add_argument("--only", choices=["train", "sample", "eval", "score", "gemm"])
     opts = parser.parse_args()
     rounds = 1 if opts.quick else opts.rounds
     results: dict = {
@@ -128,6 +129,23 @@ def main() -> None:
             r = alternate("eval", (cell, H, L), rounds)
             results["eval"].append(r)
             print(f"| {cell} {L}x{H} | {r['charrnn']:,.0f} | {r['torch']:,.0f} | {_ratio(r)} |", flush=True)
+    if opts.only in (None, "score") and not opts.quick:
+        print(
+            "\n| score, lines as parallel streams | charrnn chars/s | torch chars/s | ratio (range) | one-stream eval |"
+        )
+        print("| --- | --- | --- | --- | --- |")
+        results["score"] = []
+        for cell, H, L, lines in SCORE:
+            r = alternate("score", (cell, H, L, lines), rounds)
+            r["eval_charrnn"] = statistics.median(
+                measure("charrnn", "eval", cell, H, L)["chars_per_sec"] for _ in range(rounds)
+            )
+            results["score"].append(r)
+            print(
+                f"| {cell} {L}x{H}, {lines:,} lines | {r['charrnn']:,.0f} | {r['torch']:,.0f} | {_ratio(r)} | "
+                f"{r['eval_charrnn']:,.0f} ({r['charrnn'] / r['eval_charrnn']:.1f}x slower than score) |",
+                flush=True,
+            )
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "results.json").write_text(json.dumps(results, indent=1))
 

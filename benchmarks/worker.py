@@ -3,6 +3,7 @@
     python benchmarks/worker.py {charrnn|torch} train CELL H LAYERS B T STEPS
     python benchmarks/worker.py {charrnn|torch} sample CELL H LAYERS STREAMS CHARS
     python benchmarks/worker.py {charrnn|torch} eval CELL H LAYERS
+    python benchmarks/worker.py {charrnn|torch} score CELL H LAYERS LINES
 
 Both engines see the same data: tinyshakespeare from ../shared/data, the last 10% held out,
 charrnn's Batcher for the training chunks. Each process uses the same number of BLAS threads
@@ -82,9 +83,26 @@ def charrnn_sample(cell: str, H: int, L: int, streams: int, chars: int) -> float
     model = charrnn_model(cell, H, L, V)
     vocab = Vocab([chr(65 + i) for i in range(V)])
     start = time.perf_counter()
-    for _ in generate(model, vocab, chars, np.random.default_rng(0), num_samples=streams):
+    for _ in generate(model, vocab, [""] * streams, chars, seed=0):
         pass
     return streams * chars / (time.perf_counter() - start)
+
+
+def score_lines(count: int) -> tuple[list[str], Vocab]:
+    """`count` lines of tinyshakespeare, cycling (the empty lines dropped)."""
+    text = CORPUS.read_text(encoding="utf-8")
+    lines = [line for line in text.split("\n") if line]
+    return [lines[i % len(lines)] for i in range(count)], Vocab.from_chars(text)
+
+
+def charrnn_score(cell: str, H: int, L: int, count: int) -> float:
+    from charrnn.score import score_records
+
+    lines, vocab = score_lines(count)
+    model = charrnn_model(cell, H, L, len(vocab))
+    start = time.perf_counter()
+    chars = sum(s.chars for s in score_records(model, vocab, lines))
+    return chars / (time.perf_counter() - start)
 
 
 def charrnn_eval(cell: str, H: int, L: int) -> float:
@@ -182,6 +200,39 @@ def torch_eval(cell: str, H: int, L: int) -> float:
             out, state = rnn(F.one_hot(x, V).float()[:, None], state)
             total += F.cross_entropy(head(out[:, 0]), y, reduction="sum").item()
     return (len(val) - 1) / (time.perf_counter() - start)
+
+
+def torch_score(cell: str, H: int, L: int, count: int) -> float:
+    """The same work as charrnn's score: blocks of 4,096 lines sorted by length, batches of 512
+    right-padded streams from the state after a newline, masked per-position cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    lines, vocab = score_lines(count)
+    V = len(vocab)
+    rnn, head = torch_model(cell, H, L, V)
+    start = time.perf_counter()
+    chars = 0
+    with torch.no_grad():
+        for first in range(0, len(lines), 4096):
+            block = [vocab.encode(line).astype(np.int64) for line in lines[first : first + 4096]]
+            order = sorted(range(len(block)), key=lambda k: len(block[k]))
+            losses = np.zeros(len(block))
+            for b0 in range(0, len(order), 512):
+                batch = [block[k] for k in order[b0 : b0 + 512]]
+                T, B = max(len(s) for s in batch), len(batch)
+                x = torch.full((T, B), vocab.start_id, dtype=torch.long)
+                y = torch.zeros((T, B), dtype=torch.long)
+                mask = torch.zeros((T, B))
+                for b, seq in enumerate(batch):
+                    x[1 : len(seq), b] = torch.from_numpy(seq[:-1])
+                    y[: len(seq), b] = torch.from_numpy(seq)
+                    mask[: len(seq), b] = 1
+                out, _ = rnn(F.one_hot(x, V).float(), torch_zero_state(cell, H, L, B))
+                nll = F.cross_entropy(head(out).reshape(-1, V), y.reshape(-1), reduction="none").reshape(T, B)
+                losses[order[b0 : b0 + 512]] = (nll * mask).sum(0).numpy()
+                chars += int(mask.sum())
+    return chars / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from charrnn import __version__, checkpoint
+from charrnn import __version__
+from charrnn.api import load
 from charrnn.config import Config, load_yaml, parse_override
-from charrnn.data import read_text, sources_from_args
+from charrnn.data import UNITS, read_text, source_records, sources_from_args
 from charrnn.errors import CharRNNError
-from charrnn.evaluate import evaluate
-from charrnn.sample import generate
+from charrnn.sample import Sampling
 from charrnn.train import train as train_run
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -38,10 +37,6 @@ class Duration(click.ParamType):
 def _default_run_dir(corpus: tuple[str, ...]) -> Path:
     name = "stdin" if corpus[0] == "-" else Path(corpus[0]).stem or "run"
     return Path("runs") / name
-
-
-def _load_model(model: str | None) -> checkpoint.Checkpoint:
-    return checkpoint.load(checkpoint.find_model(model))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -115,24 +110,38 @@ def train(
     )
 
 
+MODEL_HELP = "Run directory or .npz  [default: the most recent run under runs/]"
+
+
 @cli.command()
-@click.option("-m", "--model", help="Run directory or .npz  [default: the most recent run under runs/]")
-@click.option("-n", "--len", "length", type=click.IntRange(min=0), default=200, help="Characters to generate.")
+@click.option("-m", "--model", help=MODEL_HELP)
+@click.option("-n", "--len", "length", type=click.IntRange(min=0), default=200, help="Most characters to generate.")
 @click.option(
     "-t",
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
     default=1.0,
-    help="Softmax temperature (> 0); lower is more conservative.",
+    help="Softmax temperature (> 0); lower is more conservative. Applied first.",
 )
 @click.option(
     "-k",
     "--top-k",
     type=click.IntRange(min=0),
     default=0,
-    help="Sample only from the K most likely characters (0: all).",
+    help="Then keep only the K most likely characters (0: all).",
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    help="Then keep the fewest most likely characters whose probability reaches P (nucleus; 1: all).",
 )
 @click.option("-p", "--prime", default="", help="Text to start from; printed first.")
+@click.option(
+    "--prime-file",
+    help="One prime per line (- for standard input): one completion per prime, in order, each on its own line.",
+)
+@click.option("--stop", help="End a sample once it has generated this text (printed); -n stays the upper bound.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed; the same seed gives the same text.")
 @click.option(
@@ -146,44 +155,83 @@ def sample(
     length: int,
     temperature: float,
     top_k: int,
+    top_p: float,
     prime: str,
+    prime_file: str | None,
+    stop: str | None,
     greedy: bool,
     seed: int | None,
     num_samples: int,
 ) -> None:
     """Generate text from a trained model to standard output."""
-    ckpt = _load_model(model)
-    vocab = ckpt.vocab
-    steps = generate(
-        ckpt.model(), vocab, length, np.random.default_rng(seed), prime, temperature, top_k, greedy, num_samples
-    )
+    if prime_file is not None and (prime or num_samples > 1):
+        raise click.UsageError("--prime-file takes the place of --prime and --num-samples")
+    lm = load(model)
+    sampling = Sampling(temperature, top_k, top_p, greedy)
     out = sys.stdout.buffer
-    if num_samples == 1:
-        out.write(prime.encode("utf-8", "surrogateescape"))
+    if prime_file is not None:
+        primes = [line for line, _ in source_records(sources_from_args([prime_file]), "line")]
+        for prime_text, text in zip(primes, lm.samples(primes, length, sampling, seed, stop), strict=True):
+            line = prime_text + text
+            out.write(_utf8(line if line.endswith("\n") else line + "\n"))
+            out.flush()
+    elif num_samples == 1:
+        chars = lm.stream(length, prime, sampling, seed, stop)
+        out.write(_utf8(prime))
         interactive = out.isatty()
-        for ids in steps:
-            char = vocab.chars[ids[0]]
-            out.write(char.encode())
+        for char in chars:
+            out.write(_utf8(char))
             if interactive and char == "\n":
                 out.flush()  # a person watching sees each line as it is generated
     else:
-        columns = np.stack(list(steps), axis=1) if length else np.zeros((num_samples, 0), int)
-        out.write("\n\n".join(prime + vocab.decode(row) for row in columns).encode("utf-8", "surrogateescape"))
+        for i, text in enumerate(lm.samples([prime] * num_samples, length, sampling, seed, stop)):
+            out.write(_utf8(("\n\n" if i else "") + prime + text))
     out.flush()
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+@cli.command()
+@click.argument("files", nargs=-1)
+@click.option("-m", "--model", help=MODEL_HELP)
+@click.option(
+    "--by",
+    type=click.Choice(UNITS),
+    default="line",
+    help="What a record is: a line, a paragraph (blank-line separated) or a whole file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record instead of tab-separated fields.")
+def score(files: tuple[str, ...], model: str | None, by: str, as_json: bool) -> None:
+    """Score each record of FILES (or - / nothing: standard input) on its own, in input order.
+
+    Prints `nats_per_char<TAB>chars<TAB>record` per record (tab, newline, CR and backslash in
+    the record escaped as \\t \\n \\r \\\\), or with --json {"loss", "bpc", "chars", "unknown",
+    "text"} (and "file" with --by file). A record with characters the model never saw scores
+    inf (null in JSON); an empty one nan (null).
+    """
+    lm = load(model)
+    unknown = 0
+    out = sys.stdout.buffer
+    for result in lm.score_sources(sources_from_args(files or ("-",)), by):
+        out.write(_utf8((result.to_json() if as_json else result.to_tsv()) + "\n"))
+        unknown += result.unknown > 0
+    if unknown:
+        click.echo(f"charrnn: {unknown} record(s) hold characters the model never saw (scored inf)", err=True)
 
 
 @cli.command("eval")
 @click.argument("files", nargs=-1, required=True)
-@click.option("-m", "--model", help="Run directory or .npz  [default: the most recent run under runs/]")
+@click.option("-m", "--model", help=MODEL_HELP)
 @click.option("--json", "as_json", is_flag=True, help='One JSON object {"loss", "bpc", "perplexity", "chars"}.')
 @click.option(
     "--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks)."
 )
 def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int) -> None:
     """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity."""
-    ckpt = _load_model(model)
-    text = read_text(sources_from_args(files))
-    result = evaluate(ckpt.model(), ckpt.vocab.encode(text), streams=1, seq_len=seq_len)
+    lm = load(model)
+    result = lm.evaluate(read_text(sources_from_args(files)), seq_len)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +16,7 @@ from charrnn.errors import CharRNNError, UsageError
 from charrnn.vocab import Vocab, code_points
 
 BLOCK_BYTES = 1 << 22
+UNITS = ("line", "paragraph", "file")  # what a record is (see `source_records`)
 
 
 @dataclass
@@ -74,6 +75,44 @@ def iter_text(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
                 offset += len(block)
     except OSError as err:
         raise CharRNNError(f"{source.name}: cannot read: {err.strerror or err}") from None
+
+
+def split_records(blocks: Iterable[str], by: str) -> Iterator[str]:
+    """Records of a stream of text blocks: lines (without their newline; a final newline does
+    not start another record) or paragraphs (runs of non-empty lines, joined by newlines)."""
+    lines = _lines(blocks)
+    if by == "line":
+        yield from lines
+        return
+    paragraph: list[str] = []
+    for line in lines:
+        if line:
+            paragraph.append(line)
+        elif paragraph:
+            yield "\n".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield "\n".join(paragraph)
+
+
+def _lines(blocks: Iterable[str]) -> Iterator[str]:
+    pending = ""
+    for block in blocks:
+        parts = (pending + block).split("\n")
+        pending = parts.pop()
+        yield from parts
+    if pending:
+        yield pending
+
+
+def source_records(sources: Sequence[Source], by: str) -> Iterator[tuple[str, str]]:
+    """(record, source name) over all sources, read as a stream; `by` is one of `UNITS`."""
+    for source in sources:
+        if by == "file":
+            yield "".join(iter_text(source)), source.name
+        else:
+            for record in split_records(iter_text(source), by):
+                yield record, source.name
 
 
 def read_text(sources: Sequence[Source]) -> str:

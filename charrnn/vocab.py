@@ -55,14 +55,26 @@ class Vocab:
         return isinstance(other, Vocab) and self.chars == other.chars
 
     @property
+    def start_id(self) -> int:
+        """What every generation, score and next-character query is fed first: the newline's id,
+        so the model starts as at the beginning of a line; -1 ("no input", a zero one-hot vector)
+        for a vocabulary without a newline."""
+        return self.chars.index("\n") if "\n" in self.chars else -1
+
+    @property
     def dtype(self) -> np.dtype:
         return id_dtype(len(self))
 
+    def lookup(self, text: str) -> np.ndarray:
+        """ids (len(text),) int32, -1 for each character outside the vocabulary."""
+        codes = code_points(text)
+        return self._ids_by_code[np.minimum(codes, len(self._ids_by_code) - 1)]
+
     def encode(self, text: str) -> np.ndarray:
         """ids (len(text),) in the smallest dtype. Unknown characters raise an error listing them."""
-        codes = code_points(text)
-        ids = self._ids_by_code[np.minimum(codes, len(self._ids_by_code) - 1)]
+        ids = self.lookup(text)
         if ids.size and ids.min() < 0:
+            codes = code_points(text)
             unknown = {chr(c) for c in codes[ids < 0]}
             raise CharRNNError(f"characters not in the model's vocabulary: {describe_chars(unknown)}")
         return ids.astype(self.dtype)

@@ -1,0 +1,142 @@
+"""Sampling options (temperature, top-k, top-p, stop), batched priming and seeding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, make_model, run_cli
+
+import charrnn
+from charrnn.errors import UsageError
+from charrnn.sample import Sampling, generate, next_ids, uniforms
+from charrnn.vocab import Vocab
+
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}  # chi-square critical values, p = 0.001
+
+
+def _chi2(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = counts.sum() * probs
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_top_p_never_draws_outside_the_nucleus_and_renormalises_inside_it() -> None:
+    probs = np.array([0.05, 0.4, 0.1, 0.25, 0.15, 0.05])
+    n = 60_000
+    logits = np.tile(np.log(probs), (n, 1))
+    picks = next_ids(logits, np.random.default_rng(0).random(n), Sampling(top_p=0.75))
+    # sorted: 0.4 (1), 0.25 (3), 0.15 (4) reach 0.8 >= 0.75; 0.1 (2) and the rest are outside
+    nucleus = [1, 3, 4]
+    counts = np.bincount(picks, minlength=6)
+    assert set(np.flatnonzero(counts)) == set(nucleus)
+    inside = probs[nucleus] / probs[nucleus].sum()
+    assert _chi2(counts[nucleus], inside) < CHI2_999[len(nucleus) - 1]
+
+
+def test_temperature_then_top_k_then_top_p() -> None:
+    """T = 0.5 squares the probabilities (then renormalised); top-k 3 keeps ids 1, 3, 4; top-p 0.8
+    over those three keeps 1 and 3 (0.64/0.9 + 0.25/0.9 >= 0.8). In another order, another set."""
+    probs = np.array([0.05, 0.4, 0.1, 0.25, 0.15, 0.05])
+    n = 40_000
+    logits = np.tile(np.log(probs), (n, 1))
+    sampling = Sampling(temperature=0.5, top_k=3, top_p=0.8)
+    counts = np.bincount(next_ids(logits, np.random.default_rng(1).random(n), sampling), minlength=6)
+    kept = np.array([1, 3])
+    assert set(np.flatnonzero(counts)) == set(kept)
+    squared = probs[kept] ** 2
+    assert _chi2(counts[kept], squared / squared.sum()) < CHI2_999[1]
+
+
+def test_top_p_one_keeps_everything_and_tiny_top_p_is_greedy() -> None:
+    logits = np.tile(np.log([0.3, 0.3, 0.4]), (3000, 1))
+    u = np.random.default_rng(2).random(3000)
+    assert set(next_ids(logits, u, Sampling(top_p=1.0)).tolist()) == {0, 1, 2}
+    assert set(next_ids(logits, u, Sampling(top_p=1e-9)).tolist()) == {2}
+
+
+@pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_p": 1.5}, {"temperature": 0.0}, {"top_k": -1}])
+def test_sampling_options_are_validated(bad: dict) -> None:
+    with pytest.raises(UsageError):
+        Sampling(**bad)
+
+
+def test_counter_based_draws_are_uniform_and_depend_only_on_stream_and_counter() -> None:
+    streams, counters = np.repeat(np.arange(200), 500), np.tile(np.arange(500), 200)
+    u = uniforms(7, streams, counters)
+    assert u.min() >= 0 and u.max() < 1
+    counts = np.bincount((u * 10).astype(int), minlength=10)
+    assert _chi2(counts, np.full(10, 0.1)) < 27.88  # df 9, p = 0.001
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+    np.testing.assert_array_equal(uniforms(7, streams[::-1], counters[::-1]), u[::-1])
+    assert not np.array_equal(uniforms(8, streams, counters), u)
+
+
+def test_a_prime_gets_the_same_completion_in_any_batch() -> None:
+    """--seed reproduces, batched or not: a stream's text depends on its prime, index and seed."""
+    vocab = Vocab.from_chars("abcdefg\n")
+    model = make_model("gru", V=len(vocab), scale=1.0)
+    primes = ["", "a", "abcdefgabc", "bb", "gfedcba", "c", "", "ddd"]  # different lengths
+    together = list(generate(model, vocab, primes, 25, seed=3))
+    for batch in (1, 3):
+        assert list(generate(model, vocab, primes, 25, seed=3, batch_streams=batch)) == together
+    assert list(generate(model, vocab, primes[:1], 25, seed=3)) == together[:1]
+    assert len(set(together)) > 4
+
+
+def test_stop_ends_each_sample_on_its_own_and_length_stays_the_bound() -> None:
+    vocab = Vocab.from_chars("ab\n")
+    model = make_model("rnn", V=len(vocab), scale=0.5)
+    texts = list(generate(model, vocab, [""] * 50, 40, seed=0, stop="ab"))
+    assert all(len(t) <= 40 for t in texts)
+    stopped = [t for t in texts if t.endswith("ab")]
+    assert len(stopped) > 25 and len({len(t) for t in stopped}) > 3
+    for t in stopped:
+        assert "ab" not in t[:-1]  # ended at the first occurrence
+    for t in texts:
+        if not t.endswith("ab"):
+            assert len(t) == 40 and "ab" not in t
+    with pytest.raises(UsageError, match="never generates"):
+        list(generate(model, vocab, [""], 5, stop="z"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("names")
+    names = ["alice", "albert", "bob", "bonnie", "carol", "carl", "dave", "dora"] * 60
+    (folder / "names.txt").write_text("\n".join(names) + "\n")
+    proc = run_cli("train", "names.txt", "-o", "run", *TINY, "--steps", "60", "-q", cwd=folder)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return folder / "run"
+
+
+def test_prime_file_completes_each_line_in_order(run_dir) -> None:
+    primes = "al\nbo\nc\n\nda\n"
+    proc = run_cli("sample", "-m", str(run_dir), "--prime-file", "-", "--stop", "\n", "--seed", "1", "-n", "20",
+                   cwd=run_dir, input=primes.encode())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 5
+    for prime, line in zip(primes.split("\n"), lines, strict=False):
+        assert line.startswith(prime)
+    again = run_cli("sample", "-m", str(run_dir), "--prime-file", "-", "--stop", "\n", "--seed", "1", "-n", "20",
+                    cwd=run_dir, input=primes.encode())  # fmt: skip
+    assert again.stdout == proc.stdout
+
+
+def test_cli_stop_gives_one_line_and_each_of_num_samples_stops_on_its_own(run_dir) -> None:
+    lm = charrnn.load(run_dir)
+    one = run_cli("sample", "-m", str(run_dir), "--stop", "\n", "-p", "ca", "--seed", "2", "-n", "100", cwd=run_dir)
+    expected = lm.sample(100, prime="ca", stop="\n", seed=2)
+    assert one.stdout.decode() == "ca" + expected
+    assert expected.count("\n") == 1 and expected.endswith("\n")
+    many = run_cli("sample", "-m", str(run_dir), "--stop", "\n", "--num-samples", "4", "--seed", "2", cwd=run_dir)
+    texts = list(lm.samples([""] * 4, 200, seed=2, stop="\n"))
+    assert many.stdout.decode() == "\n\n".join(texts)
+    assert texts[0] == lm.sample(200, seed=2, stop="\n")
+    assert all(t.endswith("\n") and t.count("\n") == 1 for t in texts)
+
+
+def test_prime_file_refuses_prime_and_num_samples(run_dir) -> None:
+    proc = run_cli("sample", "-m", str(run_dir), "--prime-file", "-", "-p", "x", cwd=run_dir, input=b"a\n")
+    assert proc.returncode == 2 and b"--prime-file" in proc.stderr
