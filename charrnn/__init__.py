@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
-from charrnn.api import LanguageModel, load  # after __version__, which cli imports
+# after __version__, which cli imports
+from charrnn.api import LanguageModel, load
+from charrnn.sample import Sampling
 
-__all__ = ["LanguageModel", "__version__", "load"]
+__all__ = ["LanguageModel", "Sampling", "__version__", "load"]
