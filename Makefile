@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev
+EXTRAS ?= dev,torch,export,plot
 DEMO_TIME ?= 2m
 
 .PHONY: install test demo data bench lint clean
@@ -30,8 +30,7 @@ demo: install data
 	@echo "--- held-out text (the last 10% of the corpus, never trained on) ---"
 	$(BIN)/charrnn eval -m runs/demo data/shakespeare-valid.txt
 
-bench:
-	$(MAKE) install EXTRAS=dev,torch
+bench: install
 	$(BIN)/python benchmarks/bench.py
 
 lint: install

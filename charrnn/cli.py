@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -239,6 +240,45 @@ def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int
             f"loss        {result.loss:.4f} nats/char\nbpc         {result.bpc:.4f}\n"
             f"perplexity  {result.perplexity:.4f}\nchars       {result.chars}"
         )
+
+
+EXPORTERS = {".safetensors": "charrnn.interop:export_safetensors", ".onnx": "charrnn.onnx_export:export_onnx"}
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-m", "--model", help=MODEL_HELP)
+def export(out: Path, model: str | None) -> None:
+    """Write the model to OUT: PyTorch's nn.RNN/LSTM/GRU + nn.Linear state dict as OUT.safetensors,
+    or an ONNX graph as OUT.onnx (needs the 'export' extra)."""
+    if out.suffix not in EXPORTERS:
+        raise click.UsageError(f"OUT must end in {' or '.join(EXPORTERS)}, got {out.name!r}")
+    module, name = EXPORTERS[out.suffix].split(":")
+    shape = getattr(importlib.import_module(module), name)(model, out)
+    click.echo(f"wrote {out}: {shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {shape.vocab_size}", err=True)
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="New run directory."
+)
+@click.option(
+    "--vocab",
+    "vocab_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON list of the characters in id order, for a file without charrnn's metadata.",
+)
+def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
+    """Make a run directory from SOURCE.safetensors, a PyTorch nn.RNN/LSTM/GRU ('rnn.*') + nn.Linear
+    ('fc.*') state dict; then sample, eval and train work on it (needs the 'export' extra)."""
+    from charrnn.interop import import_safetensors
+
+    shape = import_safetensors(source, run_dir, vocab_file)
+    click.echo(
+        f"imported {shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {shape.vocab_size} into {run_dir}",
+        err=True,
+    )
 
 
 def run(argv: list[str] | None = None) -> int:

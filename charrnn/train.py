@@ -106,6 +106,24 @@ def grow_vocab(state: TrainState, vocab: Vocab) -> TrainState:
     return replace(state, vocab=vocab, model=model, optimizer=optimizer)
 
 
+def write_new_run(run_dir: Path, config: Config, vocab: Vocab, params: dict[str, np.ndarray]) -> None:
+    """A run directory whose `latest.npz` holds these weights at step 0 with a fresh optimizer,
+    as if trained that far: `train` continues it, `sample` and `eval` use it. A directory that
+    already holds a checkpoint is refused."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CharRNNError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
+    with RunLock(run_dir):
+        if (run_dir / LATEST).exists() or (run_dir / BEST).exists():
+            raise UsageError(f"{run_dir} already holds a checkpoint; choose another directory")
+        state = new_state(config, vocab)
+        for name, array in params.items():
+            np.copyto(state.model.params[name], array)
+        checkpoint.save(run_dir / LATEST, state.to_checkpoint())
+        _write_config(run_dir / "config.yaml", config)
+
+
 def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
     """The live state of a saved run, continued under `config` (same model, maybe new train keys)."""
     if vars(config.model) != vars(ckpt.config.model):

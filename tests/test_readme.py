@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+import charrnn
+
 README = Path(__file__).parent.parent / "README.md"
 
 
@@ -46,3 +48,16 @@ def test_python_api_snippet_runs_as_written(names_run: Path, monkeypatch: pytest
     assert printed[1].startswith("al") and printed[2].startswith("bo")
     assert float(printed[-1]) > 0
     assert os.path.exists("runs/names/best.npz")
+
+
+def test_pytorch_loading_snippet_runs_as_written(names_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    monkeypatch.chdir(names_run)
+    names = str(names_run / "runs" / "names")
+    proc = run_cli("export", "-m", names, "model.safetensors", cwd=names_run)
+    assert proc.returncode == 0, proc.stderr.decode()
+    scope: dict = {}
+    exec(compile(readme_snippet("## Taking a model elsewhere"), "README.md", "exec"), scope)
+    probs = charrnn.load(names).next_char_probs(scope["prime"])
+    assert scope["next_char"] == max(probs, key=probs.get)
