@@ -71,7 +71,8 @@ def main() -> None:
     with safe_open(opts.weights, framework="pt") as f:
         meta = f.metadata()
     chars = json.loads(meta["vocab"])
-    model = CharModel(meta["cell"], len(chars), int(meta["hidden_size"]), int(meta["num_layers"]), float(meta["dropout"]))
+    sizes = int(meta["hidden_size"]), int(meta["num_layers"])
+    model = CharModel(meta["cell"], len(chars), *sizes, float(meta["dropout"]))
     model.load_state_dict(load_file(opts.weights), strict=True)
     model.to(device).train()
 
