@@ -129,6 +129,21 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} is truncated or corrupt: {err}") from None
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """Only the `meta` of a checkpoint (no weights are read): for listing runs."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("meta.npy") as f:
+            raw = np.lib.format.read_array(f, allow_pickle=False)
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except KeyError:
+        raise CheckpointError(f"{path}: not a charrnn checkpoint (no meta)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupt: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a charrnn checkpoint")
+    return meta
+
+
 def _expect(ok: bool, path: Path, what: str) -> None:
     if not ok:
         raise CheckpointError(f"{path}: {what}")

@@ -281,6 +281,43 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
     )
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG, SVG or PDF  [default: <first run>/loss.png]",
+)
+@click.option(
+    "--x", "axis", type=click.Choice(["steps", "chars", "minutes"]), default="steps", help="The horizontal axis."
+)
+def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str) -> None:
+    """Plot training and validation loss of one or more RUN_DIRS (needs the 'plot' extra)."""
+    from charrnn.plot import plot_runs
+
+    target = out or run_dirs[0] / "loss.png"
+    plot_runs(list(run_dirs), target, axis)
+    click.echo(f"wrote {target}", err=True)
+
+
+@cli.command()
+@click.argument("root", default="runs", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def runs(root: Path, as_json: bool) -> None:
+    """List the run directories under ROOT, newest first: model, steps, losses, speed, state."""
+    from charrnn.runs import format_table, list_runs
+
+    rows = list_runs(root)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.to_dict()))
+    elif rows:
+        click.echo(format_table(rows))
+    else:
+        click.echo(f"no runs under {root}/", err=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; every user error becomes one line on stderr and an exit code."""
     try:

@@ -1,0 +1,62 @@
+"""Loss curves of one or more runs as a PNG, SVG or PDF (matplotlib, no display needed).
+
+A pure function from runs to a file: a `Figure` of its own (no pyplot state), closed on return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charrnn.checkpoint import atomic_write
+from charrnn.errors import UsageError
+from charrnn.extras import require
+from charrnn.runs import describe_model, read_config, read_metrics
+
+AXES = {"steps": "step", "chars": "characters trained", "minutes": "minutes of training"}
+FORMATS = (".png", ".svg", ".pdf")
+AXES_RECT = (0.09, 0.11, 0.88, 0.72)  # left, bottom, width, height: the legend sits above the axes
+FIGSIZE, DPI = (8.0, 5.0), 100
+
+
+def _x(event: dict, axis: str, chars_per_step: int) -> float:
+    if axis == "minutes":
+        return event["minutes"]
+    return event["step"] * (chars_per_step if axis == "chars" else 1)
+
+
+def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
+    """Training loss (solid) and validation loss (dashed, dots) of each run against `axis`,
+    one colour per run, labelled `name (cell LxH)`; each run's best validation point is a star."""
+    if out.suffix.lower() not in FORMATS:
+        raise UsageError(f"the plot's file must end in {', '.join(FORMATS)}, got {out.name!r}")
+    if axis not in AXES:
+        raise UsageError(f"--x must be one of {', '.join(AXES)}")
+    runs = [(run, read_metrics(run), read_config(run)) for run in run_dirs]  # errors before drawing
+    figure_module = require("matplotlib.figure", "plot")
+    matplotlib = require("matplotlib", "plot")
+    fig = figure_module.Figure(figsize=FIGSIZE, dpi=DPI)
+    ax = fig.add_axes(AXES_RECT)
+    for i, (run, events, config) in enumerate(runs):
+        colour = f"C{i % 10}"
+        train = config.get("train") if isinstance(config.get("train"), dict) else {}
+        chars_per_step = int(train.get("batch_size", 1)) * int(train.get("seq_len", 1))
+        label = f"{run.resolve().name} ({describe_model(config)})"
+        points = [(_x(e, axis, chars_per_step), e["train_loss"]) for e in events if _number(e.get("train_loss"))]
+        vals = [(_x(e, axis, chars_per_step), e["val_loss"]) for e in events if _number(e.get("val_loss"))]
+        if points:
+            ax.plot(*zip(*points, strict=True), color=colour, linewidth=1.6, label=f"{label} train")
+        if vals:
+            ax.plot(*zip(*vals, strict=True), color=colour, linestyle="--", marker=".", label=f"{label} val")
+            best_x, best = min(vals, key=lambda p: p[1])
+            ax.plot([best_x], [best], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="")
+            ax.annotate(f"best {best:.4f}", (best_x, best), textcoords="offset points", xytext=(6, -14), fontsize=8)
+    ax.set_xlabel(AXES[axis])
+    ax.set_ylabel("loss (nats per character)")
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="upper center", ncols=2, fontsize=8, frameon=False)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text
+        atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lower()[1:]))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
