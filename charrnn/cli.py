@@ -318,6 +318,25 @@ def runs(root: Path, as_json: bool) -> None:
         click.echo(f"no runs under {root}/", err=True)
 
 
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("-m", "--model", help=MODEL_HELP)
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HTML page to write."
+)
+@click.option("--chars", type=click.IntRange(min=1), default=5000, help="Read only the first N characters of the text.")
+def viz(files: tuple[str, ...], model: str | None, out: Path, chars: int) -> None:
+    """Write one self-contained HTML page that shows the model reading FILES (or -): its surprise
+    at each character, every hidden unit, and the units that track features of the text."""
+    from charrnn.viz import write_page
+
+    text = read_text(sources_from_args(files))[:chars]
+    if not text:
+        raise click.UsageError("the text is empty")
+    write_page(load(model), text, out)
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(text):,} characters)", err=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; every user error becomes one line on stderr and an exit code."""
     try:
