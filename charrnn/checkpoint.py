@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -104,44 +104,103 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+MAX_META_BYTES = 64 << 20  # a vocabulary of every Unicode character fits in a sixth of this
+_READ_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One array of an .npz as its header declares it, before any of its data is read."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    header_bytes: int
+
+
+def _headers(archive: zipfile.ZipFile, path: Path) -> dict[str, _Entry]:
+    """Every entry's .npy header (a few hundred bytes each), checked against the zip's declared
+    size. No array data is decompressed here."""
+    entries = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        _expect(info.filename.endswith(".npy"), path, f"unexpected file {info.filename!r} in the archive")
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            _expect(version in read_header, path, f"entry {name}: unsupported .npy version {version}")
+            shape, fortran_order, dtype = read_header[version](f)
+            header_bytes = f.tell()
+        if dtype.hasobject:
+            raise CheckpointError(f"{path} holds pickled objects (entry {name}); refusing to load it")
+        size = header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        _expect(info.file_size == size, path, f"entry {name} declares {info.file_size} bytes, its header {size}")
+        entries[name] = _Entry(info, shape, dtype, fortran_order, header_bytes)
+    return entries
+
+
+def _read_entry(archive: zipfile.ZipFile, entry: _Entry) -> np.ndarray:
+    """The array of an entry whose header was checked: one allocation of the declared size, filled
+    block by block; reading to the end verifies the zip's CRC-32."""
+    array = np.empty(entry.shape, entry.dtype, order="F" if entry.fortran_order else "C")
+    flat = memoryview(array.T if entry.fortran_order else array).cast("B")
+    with archive.open(entry.info) as f:
+        f.read(entry.header_bytes)
+        filled = 0
+        while filled < len(flat):
+            block = f.read(min(_READ_BLOCK, len(flat) - filled))
+            if not block:
+                raise EOFError("entry ends early")
+            flat[filled : filled + len(block)] = block
+            filled += len(block)
+        if f.read(1):
+            raise ValueError("entry is longer than its header says")
+    return array
+
+
+@contextlib.contextmanager
+def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The checkpoint as a zip archive, opened once (a writer replacing the file meanwhile does not
+    change what is read), with every failure of the file itself as one CheckpointError."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         raise CheckpointError(f"no such checkpoint: {path}") from None
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    if magic != b"PK\x03\x04":
-        raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz archive)")
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()  # np.load does not check the CRCs; a flipped byte would load
-        if bad is not None:
-            raise CheckpointError(f"{path} is corrupt: entry {bad} fails its checksum")
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise CheckpointError(f"{path} holds pickled objects; refusing to load it") from None
-        raise CheckpointError(f"{path} is corrupt: {err}") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz archive)")
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            yield archive
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise CheckpointError(f"{path} is truncated or corrupt: {err}") from None
+    finally:
+        f.close()
+
+
+def _meta(archive: zipfile.ZipFile, entries: dict[str, _Entry], path: Path) -> dict[str, Any]:
+    entry = entries.get("meta")
+    _expect(
+        entry is not None and entry.dtype == np.uint8 and len(entry.shape) == 1,
+        path,
+        "not a charrnn checkpoint (no meta)",
+    )
+    _expect(entry.shape[0] <= MAX_META_BYTES, path, f"meta of {entry.shape[0]} bytes is implausibly large")
+    try:
+        meta = json.loads(_read_entry(archive, entry).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: meta is not valid JSON") from None
+    _expect(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "not a charrnn checkpoint")
+    return meta
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """Only the `meta` of a checkpoint (no weights are read): for listing runs."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("meta.npy") as f:
-            raw = np.lib.format.read_array(f, allow_pickle=False)
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except KeyError:
-        raise CheckpointError(f"{path}: not a charrnn checkpoint (no meta)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is truncated or corrupt: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a charrnn checkpoint")
-    return meta
+    with _open_archive(path) as archive:
+        return _meta(archive, _headers(archive, path), path)
 
 
 def _expect(ok: bool, path: Path, what: str) -> None:
@@ -150,14 +209,23 @@ def _expect(ok: bool, path: Path, what: str) -> None:
 
 
 def load(path: Path) -> Checkpoint:
-    """Read and validate a checkpoint: every name, shape and dtype against its own meta."""
-    arrays = _read_arrays(path)
-    _expect("meta" in arrays and arrays["meta"].dtype == np.uint8, path, "not a charrnn checkpoint (no meta)")
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: meta is not valid JSON") from None
-    _expect(isinstance(meta, dict) and meta.get("format") == FORMAT, path, "not a charrnn checkpoint")
+    """Read and validate a checkpoint. Every entry's name, shape and dtype is checked against the
+    meta from the .npy headers alone, before any array data is decompressed or allocated: a small
+    file that declares a huge array costs nothing. Then the arrays are read, CRCs verified."""
+    with _open_archive(path) as archive:
+        entries = _headers(archive, path)
+        meta = _meta(archive, entries, path)
+        want = _expected_entries(meta, entries, path)
+        arrays = {name: _read_entry(archive, entries[name]) for name in want}
+    params = {k.removeprefix("param."): v for k, v in arrays.items() if k.startswith("param.")}
+    for name, array in params.items():
+        _expect(bool(np.isfinite(array).all()), path, f"{name} holds NaN or inf")
+    optim_state = {k.removeprefix("optim."): v for k, v in arrays.items() if k.startswith("optim.")}
+    return Checkpoint(params=params, meta=meta, optim_state=optim_state, carry=arrays.get("carry"))
+
+
+def _expected_entries(meta: dict[str, Any], entries: dict[str, _Entry], path: Path) -> list[str]:
+    """Check every entry's header against the meta; return the names of the arrays to read."""
     _expect(
         meta.get("format_version") == FORMAT_VERSION,
         path,
@@ -179,31 +247,25 @@ def load(path: Path) -> Checkpoint:
         "model does not match its config",
     )
     dtype = np.dtype(config.train.dtype)
-    params = {k.removeprefix("param."): v for k, v in arrays.items() if k.startswith("param.")}
-    expected = shape.param_shapes()
-    _expect(set(params) == set(expected), path, f"parameters {sorted(params)} do not match the model")
-    for name, array in params.items():
-        _expect(array.shape == expected[name], path, f"{name} has shape {array.shape}, expected {expected[name]}")
-        _expect(array.dtype == dtype, path, f"{name} has dtype {array.dtype}, expected {dtype}")
-        _expect(bool(np.isfinite(array).all()), path, f"{name} holds NaN or inf")
-    optim_state = {k.removeprefix("optim."): v for k, v in arrays.items() if k.startswith("optim.")}
-    slots = SLOTS[config.train.optimizer]
-    if optim_state:
-        want = {f"{slot}.{name}": expected[name] for slot in slots for name in expected}
-        _expect(set(optim_state) == set(want), path, "optimizer state does not match the model")
-        for key, array in optim_state.items():
-            _expect(array.shape == want[key] and array.dtype == dtype, path, f"optimizer state {key} is malformed")
-    carry = arrays.get("carry")
-    if carry is not None:
-        L, S, _, H = shape.state_shape(1)
-        _expect(
-            carry.ndim == 4 and (carry.shape[0], carry.shape[1], carry.shape[3]) == (L, S, H) and carry.dtype == dtype,
-            path,
-            f"carried state has shape {carry.shape}, expected ({L}, {S}, B, {H})",
-        )
-    unknown = set(arrays) - {"carry"} - {f"param.{k}" for k in params} - {f"optim.{k}" for k in optim_state}
+    expected = {f"param.{name}": size for name, size in shape.param_shapes().items()}
+    params = {name for name in entries if name.startswith("param.")}
+    _expect(params == set(expected), path, f"parameters {sorted(params)} do not match the model")
+    optim = {name for name in entries if name.startswith("optim.")}
+    if optim:
+        slots = SLOTS[config.train.optimizer]
+        optim_expected = {f"optim.{slot}.{n}": size for slot in slots for n, size in shape.param_shapes().items()}
+        _expect(optim == set(optim_expected), path, "optimizer state does not match the model")
+        expected |= optim_expected
+    if "carry" in entries:
+        expected["carry"] = shape.state_shape(config.train.batch_size)
+    unknown = set(entries) - set(expected) - {"meta"}
     _expect(not unknown, path, f"unexpected entries {sorted(unknown)}")
-    return Checkpoint(params=params, meta=meta, optim_state=optim_state, carry=carry)
+    for name, size in expected.items():
+        entry = entries[name]
+        label = name.removeprefix("param.")
+        _expect(entry.shape == size, path, f"entry {name}: {label} has shape {entry.shape}, expected {size}")
+        _expect(entry.dtype == dtype, path, f"entry {name}: {label} has dtype {entry.dtype}, expected {dtype}")
+    return list(expected)
 
 
 def find_model(model: str | None, runs_root: Path = Path("runs")) -> Path:

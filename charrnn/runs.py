@@ -121,9 +121,8 @@ class RunInfo:
 
 def run_info(run_dir: Path) -> RunInfo:
     """Everything `charrnn runs` shows about one directory; problems become `problem`, not errors."""
-    files = [p for p in run_dir.iterdir() if p.is_file() and p.name != LOCK] if run_dir.is_dir() else []
     info = RunInfo(run_dir.name, str(run_dir), describe_model(read_config(run_dir)), training=is_training(run_dir))
-    info.modified = max((p.stat().st_mtime for p in files), default=0.0)
+    info.modified = max((_mtime(p) for p in run_dir.iterdir() if not p.name.startswith(".")), default=0.0)
     problems = []
     ckpt_path = run_dir / (LATEST if (run_dir / LATEST).exists() else BEST)
     if ckpt_path.exists():
@@ -149,6 +148,14 @@ def run_info(run_dir: Path) -> RunInfo:
         problems.append(str(err).replace(f"{run_dir}: ", "").replace(f"{run_dir / METRICS}: ", ""))
     info.problem = "; ".join(problems) or None
     return info
+
+
+def _mtime(path: Path) -> float:
+    """A file's mtime; 0 for one that a writer has just renamed away."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def list_runs(root: Path) -> list[RunInfo]:

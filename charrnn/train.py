@@ -7,15 +7,17 @@ step, saves, and raises `SignalError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import yaml
@@ -192,6 +194,39 @@ class SignalStop:
             signal.signal(sig, handler)
 
 
+LEFTOVER_PATTERNS = (f".{LATEST}.*.tmp", f".{BEST}.*.tmp", ".config.yaml.*.tmp", ".corpus-*.tmp")
+
+
+def remove_leftovers(run_dir: Path) -> int:
+    """Delete the temporary files that a killed `train` left in its run directory; returns how many.
+
+    Only `train` writes these names there (checkpoint.atomic_write of its checkpoints, config and
+    corpus cache), and only while it holds the run's lock, which the caller now holds: so every
+    such file belongs to a process that is gone.
+    """
+    removed = 0
+    for pattern in LEFTOVER_PATTERNS:
+        for path in run_dir.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _open_metrics(path: Path) -> TextIO:
+    """metrics.jsonl for appending; a line cut short by a killed run is ended first, so that the
+    next event starts a line of its own."""
+    cut_short = False
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            cut_short = f.read(1) != b"\n"
+    metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    if cut_short:
+        metrics.write("\n")
+    return metrics
+
+
 def _write_config(path: Path, config: Config) -> None:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
     checkpoint.atomic_write(path, lambda f: f.write(text))
@@ -229,6 +264,9 @@ def train(
         raise CharRNNError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
     with RunLock(run_dir):
         progress = Progress(0, 0, bar=False)
+        removed = remove_leftovers(run_dir)
+        if removed:
+            progress.log(f"removed {removed} temporary file(s) left by an interrupted run")
         ckpt = None if fresh else load_run(run_dir, progress.log)
         if ckpt is None:
             config = build_config(list(config_layers))
@@ -274,7 +312,7 @@ def _loop(
         f"{model.shape.cell} {model.shape.num_layers}x{model.shape.hidden_size}, vocab {len(state.vocab)}, "
         f"{len(train_ids):,} train / {len(val_ids):,} val chars, step {state.step} -> {target}, run {run_dir}"
     )
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
+    metrics = _open_metrics(run_dir / "metrics.jsonl")
     started = time.perf_counter()
     window_start, window_losses = started, []
     last_loss: float | None = None
