@@ -337,19 +337,27 @@ def viz(files: tuple[str, ...], model: str | None, out: Path, chars: int) -> Non
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(text):,} characters)", err=True)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds (a file name with a newline, say)."""
+    click.echo(f"charrnn: error: {message.translate(_CONTROL)}", err=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; every user error becomes one line on stderr and an exit code."""
     try:
         return cli.main(args=argv, prog_name="charrnn", standalone_mode=False) or 0
     except click.UsageError as err:
         where = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
-        click.echo(f"charrnn: error: {err.format_message()}{where}", err=True)
+        _error(f"{err.format_message()}{where}")
         return err.exit_code
     except click.ClickException as err:
-        click.echo(f"charrnn: error: {err.format_message()}", err=True)
+        _error(err.format_message())
         return err.exit_code
     except CharRNNError as err:
-        click.echo(f"charrnn: error: {err}", err=True)
+        _error(str(err))
         return err.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("charrnn: interrupted", err=True)
@@ -358,8 +366,13 @@ def run(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
     except MemoryError:
-        click.echo("charrnn: error: out of memory; try a smaller model or batch", err=True)
+        _error("out of memory; try a smaller model or batch")
         return 1
+    except ValueError as err:
+        if "null byte" not in str(err):  # the OS cannot take such a path; anything else is a bug
+            raise
+        _error("a file name contains a NUL byte")
+        return 2
 
 
 def main() -> None:
