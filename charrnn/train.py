@@ -281,143 +281,174 @@ def train(
                 progress.log(f"vocabulary grew by {len(added)}: {describe_chars(added)}")
                 state = grow_vocab(state, vocab)
         _write_config(run_dir / "config.yaml", config)
-        return _loop(state, ids, run_dir, steps, time_limit, progress_bar)
+        return _Session(state, ids, run_dir, steps, time_limit, progress_bar).run()
 
 
-def _loop(
-    state: TrainState,
-    ids: np.ndarray,
-    run_dir: Path,
-    steps: int | None,
-    time_limit: float | None,
-    progress_bar: bool | None,
-) -> TrainResult:
-    tc = state.config.train
-    train_ids, val_ids = split_train_val(ids, tc.val_fraction)
-    if tc.eval_chars:
-        val_ids = val_ids[: tc.eval_chars]
-    batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
-    model = state.model
-    if state.cursor >= batcher.chunks_per_epoch or state.carry is None or state.carry.shape[2] != tc.batch_size:
-        state.cursor, state.carry = 0, None
-    target = state.step + steps if steps is not None else tc.max_steps
-    chars_per_step = tc.batch_size * tc.seq_len
-    progress = Progress(state.step, max(target, state.step), bar=progress_bar)
-    fingerprint = f"{len(val_ids)}:{zlib.crc32(np.ascontiguousarray(val_ids)):08x}"
-    if fingerprint != state.val_fingerprint:
-        if state.best_val_loss is not None:
-            progress.log("the validation text changed: best.npz will be replaced at the next evaluation")
-        state.val_fingerprint, state.best_val_loss, state.evals_since_best = fingerprint, None, 0
-    progress.log(
-        f"{model.shape.cell} {model.shape.num_layers}x{model.shape.hidden_size}, vocab {len(state.vocab)}, "
-        f"{len(train_ids):,} train / {len(val_ids):,} val chars, step {state.step} -> {target}, run {run_dir}"
-    )
-    metrics = _open_metrics(run_dir / "metrics.jsonl")
-    started = time.perf_counter()
-    window_start, window_losses = started, []
-    last_loss: float | None = None
-    val_loss: float | None = None
-    evaluated_at = -1
+class _Session:
+    """One invocation of the training loop over a live `TrainState`, split by job: `step` (batch,
+    forward, backward, clip, update), `evaluate_and_save` (validation, best/latest checkpoints),
+    `log` (metrics.jsonl and the progress display); `run` puts them in order."""
 
-    def record(event: dict[str, Any]) -> None:
-        metrics.write(json.dumps(event) + "\n")
-        metrics.flush()
+    def __init__(
+        self,
+        state: TrainState,
+        ids: np.ndarray,
+        run_dir: Path,
+        steps: int | None,
+        time_limit: float | None,
+        progress_bar: bool | None,
+    ) -> None:
+        self.state, self.run_dir, self.time_limit = state, run_dir, time_limit
+        tc = self.tc = state.config.train
+        train_ids, val_ids = split_train_val(ids, tc.val_fraction)
+        self.val_ids = val_ids[: tc.eval_chars] if tc.eval_chars else val_ids
+        self.batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
+        if (
+            state.cursor >= self.batcher.chunks_per_epoch
+            or state.carry is None
+            or state.carry.shape[2] != tc.batch_size
+        ):
+            state.cursor, state.carry = 0, None
+        self.first_step = state.step
+        self.target = state.step + steps if steps is not None else tc.max_steps
+        self.progress = Progress(state.step, max(self.target, state.step), bar=progress_bar)
+        fingerprint = f"{len(self.val_ids)}:{zlib.crc32(np.ascontiguousarray(self.val_ids)):08x}"
+        if fingerprint != state.val_fingerprint:
+            if state.best_val_loss is not None:
+                self.progress.log("the validation text changed: best.npz will be replaced at the next evaluation")
+            state.val_fingerprint, state.best_val_loss, state.evals_since_best = fingerprint, None, 0
+        shape = state.model.shape
+        self.progress.log(
+            f"{shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {len(state.vocab)}, "
+            f"{len(train_ids):,} train / {len(self.val_ids):,} val chars, step {state.step} -> {self.target}, "
+            f"run {run_dir}"
+        )
+        self.started = time.perf_counter()
+        self.window_start, self.window_losses = self.started, []
+        self.last_loss: float | None = None
+        self.val_loss: float | None = None
+        self.evaluated_at = -1
 
-    def speed() -> float:
-        return len(window_losses) * chars_per_step / max(time.perf_counter() - window_start, 1e-9)
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
-    first_step = state.step
+    def speed(self) -> float:
+        """Characters per second since the last logged event."""
+        chars = len(self.window_losses) * self.tc.batch_size * self.tc.seq_len
+        return chars / max(time.perf_counter() - self.window_start, 1e-9)
 
-    def eta(step: int) -> float:
-        spent = time.perf_counter() - started
-        left = (target - step) * spent / max(step - first_step, 1)
-        return left if time_limit is None else min(left, max(time_limit - spent, 0.0))
+    def eta(self) -> float:
+        done = max(self.state.step - self.first_step, 1)
+        left = (self.target - self.state.step) * self.elapsed() / done
+        return left if self.time_limit is None else min(left, max(self.time_limit - self.elapsed(), 0.0))
 
-    def evaluate_and_save() -> None:
-        nonlocal val_loss, evaluated_at
-        val_loss = None
-        if len(val_ids) >= 2:
-            val_loss = evaluate(model, val_ids, streams=tc.batch_size, seq_len=tc.seq_len).loss
-            if not math.isfinite(val_loss):
-                raise NonFiniteError(f"validation loss is not finite ({val_loss}) at step {state.step}")
+    def step(self) -> None:
+        """One step of truncated BPTT on the next chunk, the hidden state carried from the last."""
+        state, model, tc = self.state, self.state.model, self.tc
+        if state.cursor == 0 or state.carry is None:
+            state.carry = model.initial_state(tc.batch_size)
+        x, y = self.batcher.chunk(state.cursor)
+        loss, carry = model.loss(x, y, state.carry, state.rng if model.shape.dropout > 0 else None)
+        if not math.isfinite(loss):
+            raise NonFiniteError(f"loss is not finite ({loss}) at step {state.step}")
+        grads = model.backward()
+        clip_by_global_norm(grads, tc.grad_clip)
+        state.optimizer.step(model.params, grads, learning_rate(tc, state.step))
+        state.carry = carry
+        state.step += 1
+        state.cursor = (state.cursor + 1) % self.batcher.chunks_per_epoch
+        self.window_losses.append(loss)
+        self.last_loss = loss
+        self.progress.update(state.step, loss, self.speed())
+
+    def evaluate_and_save(self) -> None:
+        """Validation loss, then latest.npz, and best.npz when it improved (or without validation)."""
+        state, tc = self.state, self.tc
+        self.val_loss = None
+        if len(self.val_ids) >= 2:
+            self.val_loss = evaluate(state.model, self.val_ids, streams=tc.batch_size, seq_len=tc.seq_len).loss
+            if not math.isfinite(self.val_loss):
+                raise NonFiniteError(f"validation loss is not finite ({self.val_loss}) at step {state.step}")
+        val_loss = self.val_loss
         improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
         if improved:
             state.best_val_loss, state.evals_since_best = val_loss, 0
         elif val_loss is not None:
             state.evals_since_best += 1
         ckpt = state.to_checkpoint()
-        checkpoint.save(run_dir / LATEST, ckpt)
+        checkpoint.save(self.run_dir / LATEST, ckpt)
         if improved or val_loss is None:
-            checkpoint.save(run_dir / BEST, ckpt)
-        evaluated_at = state.step
+            checkpoint.save(self.run_dir / BEST, ckpt)
+        self.evaluated_at = state.step
 
-    try:
-        # Overflow is not an error here: the loss, gradients and val loss are checked for finiteness.
-        with SignalStop() as stop, np.errstate(over="ignore", invalid="ignore"):
-            while state.step < target:
-                if time_limit is not None and time.perf_counter() - started >= time_limit:
-                    break
-                if state.cursor == 0 or state.carry is None:
-                    state.carry = model.initial_state(tc.batch_size)
-                x, y = batcher.chunk(state.cursor)
-                loss, carry = model.loss(x, y, state.carry, state.rng if model.shape.dropout > 0 else None)
-                if not math.isfinite(loss):
-                    raise NonFiniteError(f"loss is not finite ({loss}) at step {state.step}")
-                grads = model.backward()
-                clip_by_global_norm(grads, tc.grad_clip)
-                state.optimizer.step(model.params, grads, learning_rate(tc, state.step))
-                state.carry = carry
-                state.step += 1
-                state.cursor = (state.cursor + 1) % batcher.chunks_per_epoch
-                window_losses.append(loss)
-                last_loss = loss
-                progress.update(state.step, loss, speed())
-                if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
-                    event = {
-                        "step": state.step,
-                        "train_loss": float(np.mean(window_losses)),
-                        "chars_per_sec": speed(),
-                        "lr": learning_rate(tc, state.step),
-                        "elapsed": time.perf_counter() - started,
-                    }
-                    if state.step % tc.eval_every == 0:
-                        evaluate_and_save()
-                        event["val_loss"] = val_loss
-                        progress.evaluated(
-                            state.step, event["train_loss"], val_loss, event["chars_per_sec"], eta(state.step)
-                        )
-                    record(event)
-                    window_start, window_losses = time.perf_counter(), []
-                    if tc.patience and state.evals_since_best >= tc.patience:
-                        progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
+    def log(self, metrics: TextIO, evaluate: bool) -> None:
+        """A metrics event for the steps since the last one (with an evaluation if asked)."""
+        step = self.state.step
+        event = {
+            "step": step,
+            "train_loss": float(np.mean(self.window_losses)),
+            "chars_per_sec": self.speed(),
+            "lr": learning_rate(self.tc, step),
+            "elapsed": self.elapsed(),
+        }
+        if evaluate:
+            self.evaluate_and_save()
+            event["val_loss"] = self.val_loss
+            self.progress.evaluated(step, event["train_loss"], self.val_loss, event["chars_per_sec"], self.eta())
+        _record(metrics, event)
+        self.window_start, self.window_losses = time.perf_counter(), []
+
+    def run(self) -> TrainResult:
+        state, tc, run_dir = self.state, self.tc, self.run_dir
+        metrics = _open_metrics(run_dir / "metrics.jsonl")
+        try:
+            # Overflow is not an error here: the loss, gradients and val loss are checked for finiteness.
+            with SignalStop() as stop, np.errstate(over="ignore", invalid="ignore"):
+                while state.step < self.target:
+                    if self.time_limit is not None and self.elapsed() >= self.time_limit:
                         break
+                    self.step()
+                    if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
+                        self.log(metrics, evaluate=state.step % tc.eval_every == 0)
+                        if tc.patience and state.evals_since_best >= tc.patience:
+                            self.progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
+                            break
+                    if stop.signum is not None:
+                        break
+                if self.evaluated_at != state.step:
+                    self.evaluate_and_save()
+                    _record(
+                        metrics,
+                        {
+                            "step": state.step,
+                            "train_loss": self.last_loss,
+                            "val_loss": self.val_loss,
+                            "elapsed": self.elapsed(),
+                            "chars_per_sec": self.speed(),
+                        },
+                    )
                 if stop.signum is not None:
-                    break
-            if evaluated_at != state.step:
-                evaluate_and_save()
-                record(
-                    {
-                        "step": state.step,
-                        "train_loss": last_loss,
-                        "val_loss": val_loss,
-                        "elapsed": time.perf_counter() - started,
-                        "chars_per_sec": speed(),
-                    }
-                )
-            if stop.signum is not None:
-                name = signal.Signals(stop.signum).name
-                raise SignalError(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
-    except NonFiniteError as err:
-        kept = f"the last good checkpoint is {run_dir / LATEST}" if (run_dir / LATEST).exists() else "nothing saved"
-        raise NonFiniteError(f"{err}; stopping ({kept}). Try a lower train.lr") from None
-    finally:
-        metrics.close()
-        progress.close()
-    elapsed = time.perf_counter() - started
-    result = TrainResult(state.step, last_loss, val_loss, state.best_val_loss, speed(), elapsed, run_dir)
-    progress.log(
-        f"done: step {state.step}, val loss {val_loss if val_loss is None else round(val_loss, 4)}, "
-        f"best {state.best_val_loss if state.best_val_loss is None else round(state.best_val_loss, 4)}, "
-        f"{elapsed:.1f}s"
-    )
-    return result
+                    name = signal.Signals(stop.signum).name
+                    raise SignalError(f"stopped by {name} at step {state.step}; saved {run_dir / LATEST}", stop.signum)
+        except NonFiniteError as err:
+            kept = f"the last good checkpoint is {run_dir / LATEST}" if (run_dir / LATEST).exists() else "nothing saved"
+            raise NonFiniteError(f"{err}; stopping ({kept}). Try a lower train.lr") from None
+        finally:
+            metrics.close()
+            self.progress.close()
+        return self._done()
+
+    def _done(self) -> TrainResult:
+        state, elapsed = self.state, self.elapsed()
+        result = TrainResult(
+            state.step, self.last_loss, self.val_loss, state.best_val_loss, self.speed(), elapsed, self.run_dir
+        )
+        val = None if self.val_loss is None else round(self.val_loss, 4)
+        best = None if state.best_val_loss is None else round(state.best_val_loss, 4)
+        self.progress.log(f"done: step {state.step}, val loss {val}, best {best}, {elapsed:.1f}s")
+        return result
+
+
+def _record(metrics: TextIO, event: dict[str, Any]) -> None:
+    metrics.write(json.dumps(event) + "\n")
+    metrics.flush()
