@@ -4,7 +4,7 @@ Entries: `meta` (UTF-8 JSON as uint8 bytes), `param.<name>` for every parameter,
 `optim.<slot>.<name>` for the optimizer state, `carry` the hidden state carried between
 chunks `(L, S, B, H)`. `meta` holds `format`, `format_version`, `vocab` (characters in id
 order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng`, `best_val_loss`,
-`evals_since_best` and `val_fingerprint`.
+`evals_since_best`, `val_fingerprint` and `lr_horizon`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from charrnn.errors import UsageError
 
 CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
 MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
 
@@ -37,8 +38,12 @@ class TrainConfig:
     beta2: float = 0.999  # adam only
     eps: float = 1e-8  # adam and adagrad
     grad_clip: float = 5.0  # global gradient-norm limit; 0 disables
-    lr_decay: float = 1.0  # multiply lr by this every lr_decay_every steps
+    lr_schedule: str = "step"  # constant | step (lr_decay every lr_decay_every steps) | cosine (down to min_lr)
+    lr_decay: float = 1.0  # step schedule: multiply lr by this every lr_decay_every steps
     lr_decay_every: int = 1000
+    warmup_steps: int = 0  # the lr rises linearly from lr/warmup_steps to lr over these first steps
+    min_lr: float = 0.0  # cosine: the lr at the end of the schedule (max_steps, or the end of --time)
+    weight_decay: float = 0.0  # decoupled (AdamW-style) decay of the weight matrices, per unit of lr
     max_steps: int = 10_000  # train until this many steps in total
     val_fraction: float = 0.1  # the last fraction of the text is held out
     eval_every: int = 500  # steps between validation runs (and checkpoints)
@@ -118,6 +123,10 @@ def validate(config: Config) -> None:
     _check(t.eps > 0, "train.eps", "> 0", t.eps)
     _check(t.grad_clip >= 0, "train.grad_clip", ">= 0", t.grad_clip)
     _check(0 < t.lr_decay <= 1, "train.lr_decay", "in (0, 1]", t.lr_decay)
+    _check(t.lr_schedule in SCHEDULES, "train.lr_schedule", " | ".join(SCHEDULES), t.lr_schedule)
+    _check(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
+    _check(0 <= t.min_lr <= t.lr, "train.min_lr", "in [0, train.lr]", t.min_lr)
+    _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
     _check(t.max_steps >= 0, "train.max_steps", ">= 0", t.max_steps)
     _check(0 <= t.val_fraction < 1, "train.val_fraction", "in [0, 1)", t.val_fraction)
     _check(t.patience >= 0, "train.patience", ">= 0", t.patience)

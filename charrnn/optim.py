@@ -1,4 +1,5 @@
-"""Adam, Adagrad and SGD with momentum, global-norm clipping and a step-decay schedule.
+"""Adam, Adagrad and SGD with momentum, decoupled weight decay, global-norm clipping, and the
+learning-rate schedules (constant, step, cosine, each with an optional linear warm-up).
 
 Optimizer state is a flat dict of named arrays (`m.<param>`, `v.<param>`, ...) plus the step
 count, so it saves into a checkpoint next to the weights. Updates are in place.
@@ -36,9 +37,23 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     return norm
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """lr * lr_decay ** (step // lr_decay_every)."""
-    return config.lr * config.lr_decay ** (step // config.lr_decay_every)
+def learning_rate(config: TrainConfig, step: int, horizon: int | None = None) -> float:
+    """The learning rate of update `step` (0 for the first).
+
+    A linear warm-up over the first `warmup_steps` (lr * (step + 1) / warmup_steps), then by
+    `lr_schedule`: constant lr; step, lr * lr_decay ** (step // lr_decay_every); cosine, from lr
+    at the end of the warm-up down to min_lr at `horizon` (default: max_steps), min_lr after it.
+    """
+    c = config
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    if c.lr_schedule == "step":
+        return c.lr * c.lr_decay ** (step // c.lr_decay_every)
+    if c.lr_schedule == "cosine":
+        end = c.max_steps if horizon is None else horizon
+        done = min((step - c.warmup_steps) / max(end - c.warmup_steps, 1), 1.0)
+        return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * done))
+    return c.lr
 
 
 class Optimizer:
@@ -57,6 +72,8 @@ class Optimizer:
         c = self.config
         for name, p in params.items():
             g, tmp = grads[name], self._tmp[name]
+            if c.weight_decay and p.ndim >= 2:  # decoupled, on weight matrices only (not biases)
+                p *= 1 - lr * c.weight_decay
             if self.kind == "adam":
                 m, v = self.state[f"m.{name}"], self.state[f"v.{name}"]
                 m *= c.beta1

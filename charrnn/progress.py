@@ -35,6 +35,12 @@ class Progress:
         else:
             print(message, file=self.stream, flush=True)
 
+    def set_total(self, total: int) -> None:
+        """Count to another last step (e.g. the one a time budget allows)."""
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def update(self, step: int, loss: float, chars_per_sec: float) -> None:
         if self._bar is None:
             return

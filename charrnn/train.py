@@ -51,6 +51,7 @@ class TrainState:
     best_val_loss: float | None = None
     evals_since_best: int = 0
     val_fingerprint: str | None = None  # which validation text best_val_loss was measured on
+    lr_horizon: int | None = None  # the step where a cosine schedule ends, when --time fixed it
 
     def to_checkpoint(self) -> Checkpoint:
         meta = {
@@ -65,6 +66,7 @@ class TrainState:
             "best_val_loss": self.best_val_loss,
             "evals_since_best": self.evals_since_best,
             "val_fingerprint": self.val_fingerprint,
+            "lr_horizon": self.lr_horizon,
         }
         return Checkpoint(self.model.params, meta, self.optimizer.state, self.carry)
 
@@ -154,6 +156,7 @@ def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
         meta.get("best_val_loss"),
         meta.get("evals_since_best", 0),
         meta.get("val_fingerprint"),
+        meta.get("lr_horizon"),
     )
 
 
@@ -323,6 +326,9 @@ class _Session:
             f"{len(train_ids):,} train / {len(self.val_ids):,} val chars, step {state.step} -> {self.target}, "
             f"run {run_dir}"
         )
+        # With --time alone, how many steps the budget allows is measured once the run is under
+        # way (see `_measure_budget`); a cosine schedule then ends there, and the bar counts to it.
+        self.measure_budget = time_limit is not None and steps is None
         self.started = time.perf_counter()
         self.window_start, self.window_losses = self.started, []
         self.last_loss: float | None = None
@@ -353,7 +359,7 @@ class _Session:
             raise NonFiniteError(f"loss is not finite ({loss}) at step {state.step}")
         grads = model.backward()
         clip_by_global_norm(grads, tc.grad_clip)
-        state.optimizer.step(model.params, grads, learning_rate(tc, state.step))
+        state.optimizer.step(model.params, grads, learning_rate(tc, state.step, state.lr_horizon))
         state.carry = carry
         state.step += 1
         state.cursor = (state.cursor + 1) % self.batcher.chunks_per_epoch
@@ -388,7 +394,7 @@ class _Session:
             "step": step,
             "train_loss": float(np.mean(self.window_losses)),
             "chars_per_sec": self.speed(),
-            "lr": learning_rate(self.tc, step),
+            "lr": learning_rate(self.tc, step, self.state.lr_horizon),
             "elapsed": self.elapsed(),
         }
         if evaluate:
@@ -413,6 +419,8 @@ class _Session:
                         if tc.patience and state.evals_since_best >= tc.patience:
                             self.progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
                             break
+                    if self.measure_budget:
+                        self._measure_budget()
                     if stop.signum is not None:
                         break
                 if self.evaluated_at != state.step:
@@ -437,6 +445,23 @@ class _Session:
             metrics.close()
             self.progress.close()
         return self._done()
+
+    def _measure_budget(self) -> None:
+        """Once a tenth of the time budget has passed (and at least 5 steps), estimate from the
+        speed so far (evaluations in it included) the step the run will stop at. A cosine schedule
+        without a saved horizon ends there (saved with the checkpoint, so a resumed run keeps the
+        same schedule), and the progress bar counts to it."""
+        state, tc = self.state, self.tc
+        done, spent = state.step - self.first_step, self.elapsed()
+        assert self.time_limit is not None
+        if done < 5 or spent < 0.1 * self.time_limit:
+            return
+        self.measure_budget = False
+        end = state.step + int(done / spent * max(self.time_limit - spent, 0.0))
+        if tc.lr_schedule == "cosine" and state.lr_horizon is None:
+            state.lr_horizon = end
+            self.progress.log(f"cosine schedule: lr reaches {tc.min_lr:g} at step {end:,} (the end of --time)")
+        self.progress.set_total(min(end, self.target))
 
     def _done(self) -> TrainResult:
         state, elapsed = self.state, self.elapsed()

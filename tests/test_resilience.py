@@ -5,6 +5,8 @@ Every test drives the real CLI in a subprocess.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import resource
 import shutil
@@ -75,6 +77,44 @@ def test_resume_is_bitwise_equal(tmp_path: Path, corpus: Path, dtype: str) -> No
         assert once[name].dtype == np.dtype(dtype) or name == "carry"
         np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
     assert checkpoint.load(tmp_path / "twice/latest.npz").meta["step"] == 24
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ["-s", "train.lr_schedule=constant"],
+        ["-s", "train.lr_schedule=step", "-s", "train.lr_decay=0.5", "-s", "train.lr_decay_every=5"],
+        ["-s", "train.lr_schedule=cosine", "-s", "train.max_steps=30", "-s", "train.min_lr=1e-4"],
+    ],
+)
+def test_resume_is_bitwise_equal_for_every_schedule_that_ignores_the_clock(
+    tmp_path: Path, corpus: Path, schedule: list[str]
+) -> None:
+    settings = [*TINY, "-q", "-s", "train.warmup_steps=5", "-s", "train.weight_decay=0.1", *schedule]
+    assert run_cli("train", str(corpus), "-o", "once", "--steps", "20", *settings, cwd=tmp_path).returncode == 0
+    for _ in range(2):
+        assert run_cli("train", str(corpus), "-o", "twice", "--steps", "10", *settings, cwd=tmp_path).returncode == 0
+    once, twice = arrays(tmp_path / "once/latest.npz"), arrays(tmp_path / "twice/latest.npz")
+    for name in once:
+        np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
+    lrs = [json.loads(line).get("lr") for line in (tmp_path / "once/metrics.jsonl").read_text().splitlines()]
+    assert len({lr for lr in lrs if lr is not None}) > (1 if "constant" not in schedule[1] else 0)
+
+
+def test_cosine_with_a_time_budget_fixes_its_horizon_and_keeps_it_on_resume(tmp_path: Path, corpus: Path) -> None:
+    settings = [*TINY, "-q", "-s", "train.lr_schedule=cosine", "-s", "train.min_lr=1e-5", "-s", "train.log_every=1"]
+    first = run_cli("train", str(corpus), "-o", "run", "--time", "4s", *settings, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    meta = checkpoint.load(tmp_path / "run/latest.npz").meta
+    horizon, stopped = meta["lr_horizon"], meta["step"]
+    assert "cosine schedule: lr reaches" in first.stderr.decode()
+    assert 0.5 * stopped < horizon < 2 * stopped  # the estimate from the first tenth of the budget
+    events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    lrs = [e["lr"] for e in events if "lr" in e]
+    assert lrs[-1] < 0.5 * lrs[0] and all(a >= b for a, b in itertools.pairwise(lrs))
+    again = run_cli("train", str(corpus), "-o", "run", "--time", "2s", *settings, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    assert checkpoint.load(tmp_path / "run/latest.npz").meta["lr_horizon"] == horizon  # the same schedule
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

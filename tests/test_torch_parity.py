@@ -122,3 +122,23 @@ def test_optimizer_steps_with_clipping_match_torch(kind: str) -> None:
         topt.step()
     for p, tp in zip(params.values(), tparams, strict=True):
         assert rel_error(p, tp.detach().numpy()) < 1e-12
+
+
+def test_decoupled_weight_decay_matches_torch_adamw_on_matrices_and_spares_biases() -> None:
+    from charrnn.config import TrainConfig
+    from charrnn.optim import Optimizer
+
+    rng = np.random.default_rng(1)
+    params = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    tW, tb = (torch.tensor(p.copy(), requires_grad=True) for p in params.values())
+    config = TrainConfig(lr=0.01, eps=1e-10, weight_decay=0.1)
+    opt = Optimizer(config, params)
+    groups = [{"params": [tW], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}]
+    topt = torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-10)
+    for _ in range(3):
+        grads = {k: rng.normal(size=p.shape) for k, p in params.items()}
+        tW.grad, tb.grad = (torch.tensor(g.copy()) for g in grads.values())
+        opt.step(params, grads, 0.01)
+        topt.step()
+    assert rel_error(params["W"], tW.detach().numpy()) < 1e-12
+    assert rel_error(params["b"], tb.detach().numpy()) < 1e-12
