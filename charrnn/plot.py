@@ -36,6 +36,7 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
     matplotlib = require("matplotlib", "plot")
     fig = figure_module.Figure(figsize=FIGSIZE, dpi=DPI)
     ax = fig.add_axes(AXES_RECT)
+    bests = []
     for i, (run, events, config) in enumerate(runs):
         colour = f"C{i % 10}"
         train = config.get("train") if isinstance(config.get("train"), dict) else {}
@@ -49,7 +50,18 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
             ax.plot(*zip(*vals, strict=True), color=colour, linestyle="--", marker=".", label=f"{label} val")
             best_x, best = min(vals, key=lambda p: p[1])
             ax.plot([best_x], [best], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="")
-            ax.annotate(f"best {best:.4f}", (best_x, best), textcoords="offset points", xytext=(6, -14), fontsize=8)
+            bests.append((best_x, best))
+    left, right = ax.get_xlim()
+    for best_x, best in bests:  # labels near the right edge go to the star's left, inside the axes
+        at_right = best_x > left + 0.75 * (right - left)
+        ax.annotate(
+            f"best {best:.4f}",
+            (best_x, best),
+            textcoords="offset points",
+            xytext=(-8 if at_right else 6, -14),
+            ha="right" if at_right else "left",
+            fontsize=8,
+        )
     ax.set_xlabel(AXES[axis])
     ax.set_ylabel("loss (nats per character)")
     ax.grid(True, alpha=0.3)
