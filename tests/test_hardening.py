@@ -82,6 +82,7 @@ def test_sigkill_at_any_moment_resumes_from_the_last_complete_checkpoint(tmp_pat
     steps_seen = [0]
     for _ in range(20):
         before = _leftovers(run_dir) if run_dir.exists() else []
+        step_before = steps_seen[-1]
         proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         time.sleep(rng.uniform(0.2, 2.2))  # a random moment, not a timing assertion
@@ -89,12 +90,14 @@ def test_sigkill_at_any_moment_resumes_from_the_last_complete_checkpoint(tmp_pat
         proc.wait()
         proc.stderr.close()
         after = _leftovers(run_dir) if run_dir.exists() else []
-        assert len(after) <= 1 and not (set(before) & set(after)), (before, after)  # they never pile up
+        assert len(after) <= 1, (before, after)  # a kill leaves at most the one file it was writing
         if not (run_dir / "latest.npz").exists():
             assert steps_seen[-1] == 0  # nothing was ever saved: starting from zero is right
             continue
         step = checkpoint.load(run_dir / "latest.npz").meta["step"]
         assert step >= steps_seen[-1], [*steps_seen, step]
+        if step > step_before:  # this train got as far as saving, so it cleaned up first
+            assert not set(before) & set(after), (before, after)
         steps_seen.append(step)
         code, out, err = invoke("sample", "-m", str(run_dir), "-n", "20", "--seed", "1")
         assert code == 0 and len(out.decode()) == 20, err
