@@ -1,6 +1,7 @@
-"""Validation loss on tinyshakespeare after a fixed wall-clock budget, per config.
+"""Validation loss after a fixed wall-clock budget, per config (tinyshakespeare unless --corpus).
 
-    python benchmarks/quality.py --time 30m --at 10,30 -c configs/lstm.yaml [-s KEY=VALUE ...]
+    python benchmarks/quality.py --name NAME --time 30m --at 10,30 -c configs/budget-30m.yaml
+        [--corpus data/shakespeare.txt] [-s KEY=VALUE ...]
 
 Trains with the real CLI (last 10% held out) into benchmarks/out/quality-<name>, then prints,
 for each checkpoint minute in --at, the last validation loss logged by then, the best so far,
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("-c", "--config")
     parser.add_argument("-s", "--set", action="append", default=[])
+    parser.add_argument("--corpus", default=str(CORPUS), help="default: ../shared/data/tinyshakespeare.txt")
     opts = parser.parse_args()
     run = HERE / "out" / f"quality-{opts.name}"
     cmd = [
@@ -34,7 +36,7 @@ def main() -> None:
         "-m",
         "charrnn",
         "train",
-        str(CORPUS),
+        opts.corpus,
         "-o",
         str(run),
         "--fresh",

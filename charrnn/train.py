@@ -457,11 +457,12 @@ class _Session:
         if done < 5 or spent < 0.1 * self.time_limit:
             return
         self.measure_budget = False
-        end = state.step + int(done / spent * max(self.time_limit - spent, 0.0))
+        # A run that reaches max_steps before the deadline stops there, and so does the schedule.
+        end = min(state.step + int(done / spent * max(self.time_limit - spent, 0.0)), self.target)
         if tc.lr_schedule == "cosine" and state.lr_horizon is None:
             state.lr_horizon = end
             self.progress.log(f"cosine schedule: lr reaches {tc.min_lr:g} at step {end:,} (the end of --time)")
-        self.progress.set_total(min(end, self.target))
+        self.progress.set_total(end)
 
     def _done(self) -> TrainResult:
         state, elapsed = self.state, self.elapsed()

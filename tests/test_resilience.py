@@ -15,12 +15,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import TINY, assert_clean_error, run_cli
 
 from charrnn import checkpoint
+from charrnn import train as train_module
+from charrnn.data import Source
 
 LONG = [*TINY, "-s", "train.max_steps=1000000", "-q"]
 
@@ -115,6 +118,27 @@ def test_cosine_with_a_time_budget_fixes_its_horizon_and_keeps_it_on_resume(tmp_
     again = run_cli("train", str(corpus), "-o", "run", "--time", "2s", *settings, cwd=tmp_path)
     assert again.returncode == 0, again.stderr.decode()
     assert checkpoint.load(tmp_path / "run/latest.npz").meta["lr_horizon"] == horizon  # the same schedule
+
+
+def test_cosine_horizon_is_max_steps_when_the_budget_allows_more(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake clock: every reading is 1 ms after the last (a step reads it about 5 times), so a
+    # budget of 1 s measures the speed near step 20 and would allow about 200 steps:
+    # far more than the 40 steps max_steps allows, however fast this machine is.
+    ticks = itertools.count()
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: 0.001 * next(ticks)))
+    layers = [
+        {"model": {"cell": "rnn", "num_layers": 1, "hidden_size": 16}},
+        {"train": {"batch_size": 4, "seq_len": 8, "lr_schedule": "cosine", "min_lr": 1e-5, "max_steps": 40}},
+        {"train": {"log_every": 1, "eval_every": 10}},
+    ]
+    result = train_module.train([Source(str(corpus), path=corpus)], tmp_path / "run", layers, time_limit=1.0)
+    meta = checkpoint.load(tmp_path / "run/latest.npz").meta
+    assert result.step == meta["step"] == 40
+    assert meta["lr_horizon"] == 40  # not the step the budget would have allowed
+    events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [e["lr"] for e in events if "lr" in e][-1] == pytest.approx(1e-5)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
