@@ -47,7 +47,7 @@ def training_step(cell_name: str, H: int, reps: int) -> float:
     rng = np.random.default_rng(0)
     shape = ModelShape(V, cell_name, H, L)
     model = CharRNN(shape, init_params(shape, rng, np.dtype(np.float32)))
-    opt = Optimizer(TrainConfig(), model.params)
+    opt = Optimizer(TrainConfig().optimizer_settings(), model.params)
     ids = rng.integers(0, V, (T, B))
     state = model.initial_state(B)
 

@@ -62,7 +62,7 @@ def charrnn_train(cell: str, H: int, L: int, B: int, T: int, steps: int) -> list
     train, _, V = corpus()
     batcher = Batcher(train, B, T)
     model = charrnn_model(cell, H, L, V)
-    opt = Optimizer(TrainConfig(), model.params)
+    opt = Optimizer(TrainConfig().optimizer_settings(), model.params)
     state = model.initial_state(B)
     times = []
     for step in range(WARMUP + steps):

@@ -2,7 +2,7 @@
 
 import charrnn
 lm = charrnn.load("runs/shakespeare")          # a run directory or a .npz
-lm.sample(200, prime="ROMEO:", temperature=0.8, seed=1)
+lm.sample("ROMEO:", 200, temperature=0.8, seed=1)
 lm.score("To be, or not to be")                  # nats per character
 lm.next_char_probs("ROMEO")                      # {"\\n": 0.01, ":": 0.93, ...}
 """
@@ -19,6 +19,7 @@ from charrnn.config import Config
 from charrnn.data import Source
 from charrnn.evaluate import EvalResult, evaluate
 from charrnn.model import CharRNN, ModelShape
+from charrnn.rundir import find_model
 from charrnn.sample import Sampling, contexts_for, generate, stream
 from charrnn.score import RecordScore, score_records, score_sources
 from charrnn.vocab import Vocab
@@ -29,7 +30,8 @@ class LanguageModel:
 
     Every method starts from the model's start state (the zero state fed a newline), so
     `sample(prime=p)` continues p as if p began a line, and `score(r)` predicts every character
-    of r. Methods do not change the weights; one object may serve many calls.
+    of r. Methods do not change the weights; one object may serve many calls. Generation takes
+    its arguments in one order everywhere: prime(s), length, sampling, seed, stop.
     """
 
     def __init__(self, ckpt: checkpoint.Checkpoint, path: Path) -> None:
@@ -47,37 +49,43 @@ class LanguageModel:
 
     def sample(
         self,
-        n: int = 200,
         prime: str = "",
+        length: int = 200,
+        *,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        stop: str | None = None,
-        seed: int | None = None,
         greedy: bool = False,
+        seed: int | None = None,
+        stop: str | None = None,
     ) -> str:
-        """Up to n characters generated after `prime` (the prime not included); ends after `stop`
-        if it generates it. The same seed and options give the same text."""
+        """Up to `length` characters generated after `prime` (the prime not included); ends after
+        `stop` if it generates it. The same seed and options give the same text."""
         sampling = Sampling(temperature, top_k, top_p, greedy)
-        return "".join(self.stream(n, prime, sampling, seed, stop))
+        return "".join(self.stream(prime, length, sampling, seed, stop))
 
     def stream(
-        self, n: int, prime: str = "", sampling: Sampling = Sampling(), seed: int | None = None, stop: str | None = None
+        self,
+        prime: str = "",
+        length: int = 200,
+        sampling: Sampling = Sampling(),
+        seed: int | None = None,
+        stop: str | None = None,
     ) -> Iterator[str]:
         """`sample`, one character at a time as it is generated."""
-        return stream(self.model, self.vocab, prime, n, sampling, seed, stop)
+        return stream(self.model, self.vocab, prime, length, sampling, seed, stop)
 
     def samples(
         self,
         primes: Sequence[str],
-        n: int,
+        length: int = 200,
         sampling: Sampling = Sampling(),
         seed: int | None = None,
         stop: str | None = None,
     ) -> Iterator[str]:
         """One completion per prime, in order, generated together in batches as parallel streams.
-        Completion i equals `sample(prime=primes[i])` with stream index i (see `charrnn.sample`)."""
-        return generate(self.model, self.vocab, primes, n, sampling, seed, stop)
+        Completion i equals `sample(primes[i])` with stream index i (see `charrnn.sample`)."""
+        return generate(self.model, self.vocab, primes, length, sampling, seed, stop)
 
     def score(self, text: str) -> float:
         """Nats per character of `text` as one record (see `charrnn.score`)."""
@@ -114,7 +122,7 @@ class LanguageModel:
 
 
 def load(path: str | Path | None = None) -> LanguageModel:
-    """A model from a run directory (its best.npz, else latest.npz), an .npz checkpoint, or,
-    with None, the most recently trained run under ./runs."""
-    found = checkpoint.find_model(None if path is None else str(path))
+    """A model from a run directory (its best.npz, else latest.npz: see `charrnn.rundir`), an
+    .npz checkpoint, or, with None, the most recently trained run under ./runs."""
+    found = find_model(path)
     return LanguageModel(checkpoint.load(found), found)

@@ -1,7 +1,8 @@
 """Checkpoints: one `.npz` (no pickle), written atomically, validated on load.
 
 Entries: `meta` (UTF-8 JSON as uint8 bytes), `param.<name>` for every parameter,
-`optim.<slot>.<name>` for the optimizer state, `carry` the hidden state carried between
+`optim.<slot>.<name>` for the optimizer state (none in a run made from given weights, whose
+optimizer starts fresh), `carry` the hidden state carried between
 chunks `(L, S, B, H)`. `meta` holds `format`, `format_version`, `vocab` (characters in id
 order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng`, `best_val_loss`,
 `evals_since_best`, `val_fingerprint` and `lr_horizon`.
@@ -11,29 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from charrnn.atomic import atomic_write
 from charrnn.config import Config, config_from_dict
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CheckpointError, InvalidUsageError
 from charrnn.model import CharRNN, ModelShape
 from charrnn.optim import SLOTS
 from charrnn.vocab import Vocab
 
 FORMAT = "charrnn-checkpoint"
 FORMAT_VERSION = 1
-LATEST, BEST = "latest.npz", "best.npz"
-
-
-class CheckpointError(CharRNNError):
-    """A checkpoint that cannot be used: missing, truncated, corrupt, foreign or inconsistent."""
 
 
 @dataclass
@@ -59,38 +54,33 @@ class Checkpoint:
         return CharRNN(self.shape, self.params)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through a temporary file in the same directory, fsync, then rename over it.
-
-    Whatever fails (disk full, read-only directory, a signal), the old file is left as it was.
-    """
-    tmp_name = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-            tmp_name = tmp.name
-            write(tmp)
-            os.fchmod(tmp.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        raise CharRNNError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
+def training_meta(
+    config: Config,
+    vocab: Vocab,
+    rng_state: dict[str, Any],
+    step: int = 0,
+    cursor: int = 0,
+    optimizer_t: int = 0,
+    best_val_loss: float | None = None,
+    evals_since_best: int = 0,
+    val_fingerprint: str | None = None,
+    lr_horizon: int | None = None,
+) -> dict[str, Any]:
+    """The `meta` of a checkpoint (see the module docstring); the defaults are a run's start."""
+    return {
+        "vocab": list(vocab.chars),
+        "model": vars(config.model.shape(len(vocab))),
+        "config": config.to_dict(),
+        "dtype": config.train.dtype,
+        "step": step,
+        "cursor": cursor,
+        "optimizer_t": optimizer_t,
+        "rng": rng_state,
+        "best_val_loss": best_val_loss,
+        "evals_since_best": evals_since_best,
+        "val_fingerprint": val_fingerprint,
+        "lr_horizon": lr_horizon,
+    }
 
 
 def save(path: Path, ckpt: Checkpoint) -> None:
@@ -236,7 +226,7 @@ def _expected_entries(meta: dict[str, Any], entries: dict[str, _Entry], path: Pa
         config = config_from_dict(meta["config"])
         shape = ModelShape(**meta["model"])
         step, cursor, optimizer_t = int(meta["step"]), int(meta["cursor"]), int(meta["optimizer_t"])
-    except (KeyError, TypeError, ValueError, UsageError) as err:
+    except (KeyError, TypeError, ValueError, InvalidUsageError) as err:
         raise CheckpointError(f"{path}: inconsistent meta ({err})") from None
     _expect(min(step, cursor, optimizer_t) >= 0, path, "negative step or cursor")
     _expect(shape.vocab_size == len(vocab), path, "vocab size does not match the model")
@@ -266,23 +256,3 @@ def _expected_entries(meta: dict[str, Any], entries: dict[str, _Entry], path: Pa
         _expect(entry.shape == size, path, f"entry {name}: {label} has shape {entry.shape}, expected {size}")
         _expect(entry.dtype == dtype, path, f"entry {name}: {label} has dtype {entry.dtype}, expected {dtype}")
     return list(expected)
-
-
-def find_model(model: str | None, runs_root: Path = Path("runs")) -> Path:
-    """The checkpoint that `--model` names: a `.npz`, a run directory (its best, else latest),
-    or, when None, the most recently written run under `runs_root`."""
-    if model is None:
-        candidates = [p for name in (BEST, LATEST) for p in runs_root.glob(f"*/{name}")]
-        if not candidates:
-            raise UsageError(f"no trained model under {runs_root}/; train one first or pass --model")
-        run = max(candidates, key=lambda p: p.stat().st_mtime).parent
-        return find_model(str(run), runs_root)
-    path = Path(model)
-    if path.is_dir():
-        for name in (BEST, LATEST):
-            if (path / name).is_file():
-                return path / name
-        raise UsageError(f"no checkpoint in {path} ({BEST} or {LATEST})")
-    if not path.exists():
-        raise UsageError(f"no such model: {model}")
-    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -13,12 +12,17 @@ from typing import Any
 import click
 
 from charrnn import __version__
-from charrnn.api import load
+from charrnn.api import LanguageModel, load
 from charrnn.config import Config, load_yaml, parse_override
 from charrnn.data import UNITS, read_text, source_records, sources_from_args
 from charrnn.errors import CharRNNError
+from charrnn.interop import export_safetensors, import_safetensors
+from charrnn.onnx_export import export_onnx
+from charrnn.plot import plot_runs
+from charrnn.runs import format_table, list_runs
 from charrnn.sample import Sampling
 from charrnn.train import train as train_run
+from charrnn.viz import write_page
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -33,6 +37,23 @@ class Duration(click.ParamType):
         if not match or float(match.group(1)) <= 0:
             self.fail(f"{value!r} is not a duration such as 90s, 10m or 2h", param, ctx)
         return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _load_model(ctx: click.Context, param: click.Parameter, value: str | None) -> LanguageModel:
+    return load(value)
+
+
+def model_option(command: Any) -> Any:
+    """`-m/--model RUN|NPZ`, declared once for every command that reads a model: the command
+    gets `lm`, the `LanguageModel` that `charrnn.load` finds (by the run directory's model rule)."""
+    return click.option(
+        "-m",
+        "--model",
+        "lm",
+        metavar="PATH",
+        callback=_load_model,
+        help="Run directory or .npz  [default: the most recent run under runs/]",
+    )(command)
 
 
 def _default_run_dir(corpus: tuple[str, ...]) -> Path:
@@ -111,11 +132,8 @@ def train(
     )
 
 
-MODEL_HELP = "Run directory or .npz  [default: the most recent run under runs/]"
-
-
 @cli.command()
-@click.option("-m", "--model", help=MODEL_HELP)
+@model_option
 @click.option("-n", "--len", "length", type=click.IntRange(min=0), default=200, help="Most characters to generate.")
 @click.option(
     "-t",
@@ -152,7 +170,7 @@ MODEL_HELP = "Run directory or .npz  [default: the most recent run under runs/]"
     help="Independent samples, generated together; separated by blank lines.",
 )
 def sample(
-    model: str | None,
+    lm: LanguageModel,
     length: int,
     temperature: float,
     top_k: int,
@@ -167,7 +185,6 @@ def sample(
     """Generate text from a trained model to standard output."""
     if prime_file is not None and (prime or num_samples > 1):
         raise click.UsageError("--prime-file takes the place of --prime and --num-samples")
-    lm = load(model)
     sampling = Sampling(temperature, top_k, top_p, greedy)
     out = sys.stdout.buffer
     if prime_file is not None:
@@ -177,7 +194,7 @@ def sample(
             out.write(_utf8(line if line.endswith("\n") else line + "\n"))
             out.flush()
     elif num_samples == 1:
-        chars = lm.stream(length, prime, sampling, seed, stop)
+        chars = lm.stream(prime, length, sampling, seed, stop)
         out.write(_utf8(prime))
         interactive = out.isatty()
         for char in chars:
@@ -196,7 +213,7 @@ def _utf8(text: str) -> bytes:
 
 @cli.command()
 @click.argument("files", nargs=-1)
-@click.option("-m", "--model", help=MODEL_HELP)
+@model_option
 @click.option(
     "--by",
     type=click.Choice(UNITS),
@@ -204,7 +221,7 @@ def _utf8(text: str) -> bytes:
     help="What a record is: a line, a paragraph (blank-line separated) or a whole file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record instead of tab-separated fields.")
-def score(files: tuple[str, ...], model: str | None, by: str, as_json: bool) -> None:
+def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> None:
     """Score each record of FILES (or - / nothing: standard input) on its own, in input order.
 
     Prints `nats_per_char<TAB>chars<TAB>record` per record (tab, newline, CR and backslash in
@@ -212,7 +229,6 @@ def score(files: tuple[str, ...], model: str | None, by: str, as_json: bool) -> 
     "text"} (and "file" with --by file). A record with characters the model never saw scores
     inf (null in JSON); an empty one nan (null).
     """
-    lm = load(model)
     unknown = 0
     out = sys.stdout.buffer
     for result in lm.score_sources(sources_from_args(files or ("-",)), by):
@@ -224,14 +240,13 @@ def score(files: tuple[str, ...], model: str | None, by: str, as_json: bool) -> 
 
 @cli.command("eval")
 @click.argument("files", nargs=-1, required=True)
-@click.option("-m", "--model", help=MODEL_HELP)
+@model_option
 @click.option("--json", "as_json", is_flag=True, help='One JSON object {"loss", "bpc", "perplexity", "chars"}.')
 @click.option(
     "--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks)."
 )
-def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int) -> None:
+def eval_(files: tuple[str, ...], lm: LanguageModel, as_json: bool, seq_len: int) -> None:
     """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity."""
-    lm = load(model)
     result = lm.evaluate(read_text(sources_from_args(files)), seq_len)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
@@ -242,20 +257,24 @@ def eval_(files: tuple[str, ...], model: str | None, as_json: bool, seq_len: int
         )
 
 
-EXPORTERS = {".safetensors": "charrnn.interop:export_safetensors", ".onnx": "charrnn.onnx_export:export_onnx"}
+EXPORTERS = {".safetensors": export_safetensors, ".onnx": export_onnx}
+
+
+def _export_target(ctx: click.Context, param: click.Parameter, out: Path) -> Path:
+    if out.suffix not in EXPORTERS:
+        raise click.BadParameter(f"must end in {' or '.join(EXPORTERS)}, got {out.name!r}", ctx, param)
+    return out
 
 
 @cli.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-m", "--model", help=MODEL_HELP)
-def export(out: Path, model: str | None) -> None:
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), callback=_export_target)
+@model_option
+def export(out: Path, lm: LanguageModel) -> None:
     """Write the model to OUT: PyTorch's nn.RNN/LSTM/GRU + nn.Linear state dict as OUT.safetensors,
     or an ONNX graph as OUT.onnx (needs the 'export' extra)."""
-    if out.suffix not in EXPORTERS:
-        raise click.UsageError(f"OUT must end in {' or '.join(EXPORTERS)}, got {out.name!r}")
-    module, name = EXPORTERS[out.suffix].split(":")
-    shape = getattr(importlib.import_module(module), name)(model, out)
-    click.echo(f"wrote {out}: {shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {shape.vocab_size}", err=True)
+    EXPORTERS[out.suffix](lm, out)
+    s = lm.shape
+    click.echo(f"wrote {out}: {s.cell} {s.num_layers}x{s.hidden_size}, vocab {s.vocab_size}", err=True)
 
 
 @cli.command("import")
@@ -272,8 +291,6 @@ def export(out: Path, model: str | None) -> None:
 def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
     """Make a run directory from SOURCE.safetensors, a PyTorch nn.RNN/LSTM/GRU ('rnn.*') + nn.Linear
     ('fc.*') state dict; then sample, eval and train work on it (needs the 'export' extra)."""
-    from charrnn.interop import import_safetensors
-
     shape = import_safetensors(source, run_dir, vocab_file)
     click.echo(
         f"imported {shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {shape.vocab_size} into {run_dir}",
@@ -294,8 +311,6 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
 )
 def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str) -> None:
     """Plot training and validation loss of one or more RUN_DIRS (needs the 'plot' extra)."""
-    from charrnn.plot import plot_runs
-
     target = out or run_dirs[0] / "loss.png"
     plot_runs(list(run_dirs), target, axis)
     click.echo(f"wrote {target}", err=True)
@@ -306,8 +321,6 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def runs(root: Path, as_json: bool) -> None:
     """List the run directories under ROOT, newest first: model, steps, losses, speed, state."""
-    from charrnn.runs import format_table, list_runs
-
     rows = list_runs(root)
     if as_json:
         for row in rows:
@@ -320,20 +333,18 @@ def runs(root: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("-m", "--model", help=MODEL_HELP)
+@model_option
 @click.option(
     "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HTML page to write."
 )
 @click.option("--chars", type=click.IntRange(min=1), default=5000, help="Read only the first N characters of the text.")
-def viz(files: tuple[str, ...], model: str | None, out: Path, chars: int) -> None:
+def viz(files: tuple[str, ...], lm: LanguageModel, out: Path, chars: int) -> None:
     """Write one self-contained HTML page that shows the model reading FILES (or -): its surprise
     at each character, every hidden unit, and the units that track features of the text."""
-    from charrnn.viz import write_page
-
     text = read_text(sources_from_args(files))[:chars]
     if not text:
         raise click.UsageError("the text is empty")
-    write_page(load(model), text, out)
+    write_page(lm, text, out)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(text):,} characters)", err=True)
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
-from charrnn.errors import UsageError
+from charrnn.errors import InvalidUsageError
+from charrnn.model import ModelShape
+from charrnn.optim import OptimizerSettings, Schedule
 
 CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
@@ -25,6 +27,10 @@ class ModelConfig:
     hidden_size: int = 256  # H, units per layer
     num_layers: int = 2  # stacked cells
     dropout: float = 0.0  # inverted dropout between layers, training only
+
+    def shape(self, vocab_size: int) -> ModelShape:
+        """The shape of this model over a vocabulary of `vocab_size` characters."""
+        return ModelShape(vocab_size, self.cell, self.hidden_size, self.num_layers, self.dropout)
 
 
 @dataclass
@@ -53,6 +59,20 @@ class TrainConfig:
     seed: int = 1234  # initialisation, dropout, and everything random
     dtype: str = "float32"  # float32 | float64
 
+    def optimizer_settings(self) -> OptimizerSettings:
+        return OptimizerSettings(self.optimizer, self.beta1, self.beta2, self.eps, self.momentum, self.weight_decay)
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            self.lr,
+            self.lr_schedule,
+            self.lr_decay,
+            self.lr_decay_every,
+            self.warmup_steps,
+            self.min_lr,
+            self.max_steps,
+        )
+
 
 @dataclass
 class Config:
@@ -80,7 +100,7 @@ def _coerce(path: str, value: Any, default: Any) -> Any:
             pass
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise UsageError(f"config key {path}: expected {kind.__name__}, got {value!r}")
+    raise InvalidUsageError(f"config key {path}: expected {kind.__name__}, got {value!r}")
 
 
 def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
@@ -88,11 +108,11 @@ def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise UsageError(f"unknown config key {path}{_nearest(str(key), names)}")
+            raise InvalidUsageError(f"unknown config key {path}{_nearest(str(key), names)}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise UsageError(f"config key {path}: expected a mapping, got {value!r}")
+                raise InvalidUsageError(f"config key {path}: expected a mapping, got {value!r}")
             _apply(current, value, f"{path}.")
         else:
             setattr(section, key, _coerce(path, value, current))
@@ -100,7 +120,7 @@ def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
 
 def _check(ok: bool, path: str, rule: str, value: Any) -> None:
     if not ok:
-        raise UsageError(f"config key {path}: must be {rule}, got {value!r}")
+        raise InvalidUsageError(f"config key {path}: must be {rule}, got {value!r}")
 
 
 def validate(config: Config) -> None:
@@ -139,7 +159,7 @@ def parse_override(text: str) -> dict[str, Any]:
     """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 128 is an int, 1e-3 a float)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UsageError(f"--set expects KEY=VALUE (e.g. model.hidden_size=256), got {text!r}")
+        raise InvalidUsageError(f"--set expects KEY=VALUE (e.g. model.hidden_size=256), got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -158,18 +178,18 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"config file not found: {path}") from None
+        raise InvalidUsageError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read config file {path}: {err}") from None
+        raise InvalidUsageError(f"cannot read config file {path}: {err}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"config file {path} is not plain YAML: {first}") from None
+        raise InvalidUsageError(f"config file {path} is not plain YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"config file {path}: expected a mapping at the top level")
+        raise InvalidUsageError(f"config file {path}: expected a mapping at the top level")
     return data
 
 

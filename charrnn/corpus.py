@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.checkpoint import atomic_write
+from charrnn.atomic import atomic_write
 from charrnn.data import Source, encode_into, iter_text, scan
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
+
+CACHE_PREFIX = "corpus-"  # the cache is <cache_dir>/corpus-<key>.npy and corpus-<key>.json
+CACHE_GLOB = f"{CACHE_PREFIX}*"
 
 
 def _key(sources: Sequence[Source]) -> str | None:
@@ -70,7 +73,7 @@ def load_ids(sources: Sequence[Source], vocab: Vocab | None, cache_dir: Path | N
         ids = np.empty(count, wanted.dtype)
         encode_into(sources, wanted, ids)
         return ids, wanted
-    ids_path, meta_path = cache_dir / f"corpus-{key}.npy", cache_dir / f"corpus-{key}.json"
+    ids_path, meta_path = cache_dir / f"{CACHE_PREFIX}{key}.npy", cache_dir / f"{CACHE_PREFIX}{key}.json"
     meta = None
     with contextlib.suppress(OSError, ValueError):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -98,6 +101,6 @@ def _check_nonempty(count: int) -> None:
 
 def _remove_stale(cache_dir: Path) -> None:
     """Old caches of a corpus that has since changed: they can be as large as the corpus."""
-    for old in cache_dir.glob("corpus-*.*"):
+    for old in cache_dir.glob(CACHE_GLOB):
         with contextlib.suppress(OSError):
             os.unlink(old)

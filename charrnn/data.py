@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, InvalidUsageError
 from charrnn.vocab import Vocab, code_points
 
 BLOCK_BYTES = 1 << 22
@@ -36,7 +36,7 @@ class Source:
 def sources_from_args(args: Sequence[str]) -> list[Source]:
     """Turn command-line arguments into sources; `-` is standard input. Missing files are errors."""
     if not args:
-        raise UsageError("no corpus given (a file path, or - for standard input)")
+        raise InvalidUsageError("no corpus given (a file path, or - for standard input)")
     sources = []
     for arg in args:
         if arg == "-":
@@ -44,9 +44,9 @@ def sources_from_args(args: Sequence[str]) -> list[Source]:
             continue
         path = Path(arg)
         if not path.exists():
-            raise UsageError(f"no such file: {arg}")
+            raise InvalidUsageError(f"no such file: {arg}")
         if not path.is_file():
-            raise UsageError(f"not a regular file: {arg}")
+            raise InvalidUsageError(f"not a regular file: {arg}")
         sources.append(Source(arg, path=path))
     return sources
 

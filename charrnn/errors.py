@@ -1,4 +1,8 @@
-"""Errors a user can cause, each with the exit code the CLI reports (see README: Exit codes)."""
+"""Errors a user can cause, each with the exit code the CLI reports (see README: Exit codes).
+
+The CLI prints any `CharRNNError` as one line and exits with its `exit_code`; a Python user
+catches `CharRNNError` (or one of its kinds below).
+"""
 
 
 class CharRNNError(Exception):
@@ -7,10 +11,14 @@ class CharRNNError(Exception):
     exit_code = 1
 
 
-class UsageError(CharRNNError):
-    """Bad options or configuration."""
+class InvalidUsageError(CharRNNError):
+    """Bad options, configuration or arguments."""
 
     exit_code = 2
+
+
+class CheckpointError(CharRNNError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, foreign or inconsistent."""
 
 
 class BusyError(CharRNNError):

@@ -22,11 +22,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from charrnn.config import TrainConfig
 from charrnn.layers import linear, loss
 from charrnn.layers.workspace import Workspace
 from charrnn.model import ModelShape, RecurrentStack, init_arrays
-from charrnn.optim import Optimizer, clip_by_global_norm
+from charrnn.optim import Optimizer, OptimizerSettings, clip_by_global_norm
 
 
 class _Graph:
@@ -212,7 +211,7 @@ def fit(
     Returns the loss of every step.
     """
     rng = np.random.default_rng(seed)
-    optimizer = Optimizer(TrainConfig(lr=lr, grad_clip=grad_clip), graph.params)
+    optimizer = Optimizer(OptimizerSettings("adam"), graph.params)
     losses = []
     for _ in range(steps):
         losses.append(graph.loss(*batch(rng)))

@@ -24,12 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import __version__, checkpoint
+from charrnn import __version__
+from charrnn.api import LanguageModel
+from charrnn.atomic import atomic_write
 from charrnn.config import CELLS, build_config
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, InvalidUsageError
 from charrnn.extras import require
 from charrnn.layers import CELLS as CELL_MODULES
 from charrnn.model import ModelShape
+from charrnn.rundir import create_run
 from charrnn.vocab import Vocab
 
 FORMAT = "charrnn-torch-state-dict"
@@ -66,13 +69,11 @@ def metadata(shape: ModelShape, vocab: Vocab) -> dict[str, str]:
     }
 
 
-def export_safetensors(model_path: str | None, out: Path) -> ModelShape:
-    """Write the model (a run directory or .npz) as a safetensors file, atomically."""
+def export_safetensors(lm: LanguageModel, out: Path) -> None:
+    """Write the model as a safetensors file, atomically."""
     numpy_io = require("safetensors.numpy", "export")
-    ckpt = checkpoint.load(checkpoint.find_model(model_path))
-    data = numpy_io.save(to_state_dict(ckpt.shape, ckpt.params), metadata(ckpt.shape, ckpt.vocab))
-    checkpoint.atomic_write(out, lambda f: f.write(data))
-    return ckpt.shape
+    data = numpy_io.save(to_state_dict(lm.shape, lm.model.params), metadata(lm.shape, lm.vocab))
+    atomic_write(out, lambda f: f.write(data))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -83,9 +84,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+        raise InvalidUsageError(f"cannot read {path}: {err.strerror or err}") from None
     if path.suffix in (".pt", ".pth", ".bin", ".pkl") or head[:2] in (b"PK", b"\x80\x02", b"\x80\x04"):
-        raise UsageError(f"{path} looks like a pickle (torch.save); charrnn never unpickles: {with_hint}")
+        raise InvalidUsageError(f"{path} looks like a pickle (torch.save); charrnn never unpickles: {with_hint}")
     safetensors = require("safetensors", "export")
     numpy_io = require("safetensors.numpy", "export")
     try:
@@ -177,23 +178,25 @@ def _vocab(meta: dict[str, str], vocab_file: Path | None, name: str) -> Vocab:
         elif "vocab" in meta:
             chars = json.loads(meta["vocab"])
         else:
-            raise UsageError(f"{name} has no vocabulary in its metadata; pass --vocab FILE (a JSON list of characters)")
+            raise InvalidUsageError(
+                f"{name} has no vocabulary in its metadata; pass --vocab FILE (a JSON list of characters)"
+            )
         return Vocab(chars)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
         source = vocab_file or f"{name}'s metadata"
-        raise UsageError(f"{source}: the vocabulary must be a JSON list of distinct characters ({err})") from None
+        raise InvalidUsageError(
+            f"{source}: the vocabulary must be a JSON list of distinct characters ({err})"
+        ) from None
 
 
 def import_safetensors(path: Path, run_dir: Path, vocab_file: Path | None = None) -> ModelShape:
     """A safetensors state dict -> a new run directory (latest.npz, config.yaml) that samples,
     evaluates and trains on with a fresh optimizer. Everything is checked before anything is written."""
-    from charrnn.train import write_new_run
-
     tensors, meta = read_safetensors(path)
     vocab = _vocab(meta, vocab_file, str(path))
     shape, params = from_state_dict(tensors, vocab, meta, str(path))
     dtype = str(next(iter(params.values())).dtype)
     model = {"cell": shape.cell, "hidden_size": shape.hidden_size, "num_layers": shape.num_layers}
     config = build_config([{"model": model | {"dropout": shape.dropout}, "train": {"dtype": dtype}}])
-    write_new_run(run_dir, config, vocab, params)
+    create_run(run_dir, config, vocab, params)
     return shape

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import checkpoint
+from charrnn.api import LanguageModel
+from charrnn.atomic import atomic_write
 from charrnn.extras import require
 from charrnn.interop import metadata, to_state_dict
 from charrnn.model import ModelShape
@@ -104,10 +105,8 @@ def build(shape: ModelShape, params: dict[str, np.ndarray], meta: dict[str, str]
     return model
 
 
-def export_onnx(model_path: str | None, out: Path) -> ModelShape:
-    """Write the model (a run directory or .npz) as an .onnx file, atomically."""
-    ckpt = checkpoint.load(checkpoint.find_model(model_path))
-    meta = metadata(ckpt.shape, ckpt.vocab) | {"start_id": str(ckpt.vocab.start_id)}
-    data = build(ckpt.shape, ckpt.params, meta).SerializeToString()
-    checkpoint.atomic_write(out, lambda f: f.write(data))
-    return ckpt.shape
+def export_onnx(lm: LanguageModel, out: Path) -> None:
+    """Write the model as an .onnx file, atomically."""
+    meta = metadata(lm.shape, lm.vocab) | {"start_id": str(lm.vocab.start_id)}
+    data = build(lm.shape, lm.model.params, meta).SerializeToString()
+    atomic_write(out, lambda f: f.write(data))

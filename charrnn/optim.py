@@ -8,13 +8,41 @@ count, so it saves into a checkpoint next to the weights. Updates are in place.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.config import TrainConfig
 from charrnn.errors import NonFiniteError
 
 SLOTS = {"adam": ("m", "v"), "adagrad": ("sum_sq",), "sgd": ("velocity",)}
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What an `Optimizer` needs besides the learning rate: its kind (a key of `SLOTS`) and
+    constants. The defaults are the algorithms' usual ones; a run takes its own from
+    `TrainConfig.optimizer_settings()`."""
+
+    kind: str = "adam"
+    beta1: float = 0.9  # adam
+    beta2: float = 0.999  # adam
+    eps: float = 1e-8  # adam, adagrad
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0  # decoupled, per unit of lr, on matrices only
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate over the steps of a run (see `learning_rate`); a run takes its own from
+    `TrainConfig.schedule()`."""
+
+    lr: float
+    kind: str = "constant"  # constant | step | cosine
+    decay: float = 1.0  # step: the factor applied every `decay_every` steps
+    decay_every: int = 1000
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # cosine: the lr at the horizon and after it
+    max_steps: int = 10_000  # cosine: the default horizon
 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:
@@ -37,19 +65,19 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     return norm
 
 
-def learning_rate(config: TrainConfig, step: int, horizon: int | None = None) -> float:
+def learning_rate(schedule: Schedule, step: int, horizon: int | None = None) -> float:
     """The learning rate of update `step` (0 for the first).
 
     A linear warm-up over the first `warmup_steps` (lr * (step + 1) / warmup_steps), then by
-    `lr_schedule`: constant lr; step, lr * lr_decay ** (step // lr_decay_every); cosine, from lr
-    at the end of the warm-up down to min_lr at `horizon` (default: max_steps), min_lr after it.
+    `kind`: constant lr; step, lr * decay ** (step // decay_every); cosine, from lr at the end of
+    the warm-up down to min_lr at `horizon` (default: max_steps), min_lr after it.
     """
-    c = config
+    c = schedule
     if step < c.warmup_steps:
         return c.lr * (step + 1) / c.warmup_steps
-    if c.lr_schedule == "step":
-        return c.lr * c.lr_decay ** (step // c.lr_decay_every)
-    if c.lr_schedule == "cosine":
+    if c.kind == "step":
+        return c.lr * c.decay ** (step // c.decay_every)
+    if c.kind == "cosine":
         end = c.max_steps if horizon is None else horizon
         done = min((step - c.warmup_steps) / max(end - c.warmup_steps, 1), 1.0)
         return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * done))
@@ -59,9 +87,9 @@ def learning_rate(config: TrainConfig, step: int, horizon: int | None = None) ->
 class Optimizer:
     """One of `SLOTS`' optimizers over a dict of parameters."""
 
-    def __init__(self, config: TrainConfig, params: dict[str, np.ndarray]) -> None:
-        self.config = config
-        self.kind = config.optimizer
+    def __init__(self, settings: OptimizerSettings, params: dict[str, np.ndarray]) -> None:
+        self.settings = settings
+        self.kind = settings.kind
         self.t = 0  # updates made
         self.state = {f"{slot}.{name}": np.zeros_like(p) for slot in SLOTS[self.kind] for name, p in params.items()}
         self._tmp = {name: np.empty_like(p) for name, p in params.items()}
@@ -69,7 +97,7 @@ class Optimizer:
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         """Update every parameter in place from its gradient."""
         self.t += 1
-        c = self.config
+        c = self.settings
         for name, p in params.items():
             g, tmp = grads[name], self._tmp[name]
             if c.weight_decay and p.ndim >= 2:  # decoupled, on weight matrices only (not biases)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from charrnn.checkpoint import atomic_write
-from charrnn.errors import UsageError
+from charrnn.atomic import atomic_write
+from charrnn.errors import InvalidUsageError
 from charrnn.extras import require
-from charrnn.runs import describe_model, read_config, read_metrics
+from charrnn.metrics import read_metrics
+from charrnn.rundir import RunDir
+from charrnn.runs import describe_model
 
 AXES = {"steps": "step", "chars": "characters trained", "minutes": "minutes of training"}
 FORMATS = (".png", ".svg", ".pdf")
@@ -28,10 +30,10 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
     """Training loss (solid) and validation loss (dashed, dots) of each run against `axis`,
     one colour per run, labelled `name (cell LxH)`; each run's best validation point is a star."""
     if out.suffix.lower() not in FORMATS:
-        raise UsageError(f"the plot's file must end in {', '.join(FORMATS)}, got {out.name!r}")
+        raise InvalidUsageError(f"the plot's file must end in {', '.join(FORMATS)}, got {out.name!r}")
     if axis not in AXES:
-        raise UsageError(f"--x must be one of {', '.join(AXES)}")
-    runs = [(run, read_metrics(run), read_config(run)) for run in run_dirs]  # errors before drawing
+        raise InvalidUsageError(f"--x must be one of {', '.join(AXES)}")
+    runs = [(path, read_metrics(RunDir(path).metrics), RunDir(path).read_config()) for path in run_dirs]  # errors first
     figure_module = require("matplotlib.figure", "plot")
     matplotlib = require("matplotlib", "plot")
     fig = figure_module.Figure(figsize=FIGSIZE, dpi=DPI)

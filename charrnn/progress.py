@@ -7,6 +7,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from charrnn.metrics import Event
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
@@ -50,15 +52,19 @@ class Progress:
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(step - self._bar.n)
 
-    def evaluated(
-        self, step: int, train_loss: float, val_loss: float | None, chars_per_sec: float, eta: float | None
-    ) -> None:
+    def evaluated(self, event: Event, eta: float | None) -> None:
         """A plain line per evaluation: step, losses, speed, time left."""
-        self.val_loss = val_loss
-        val = f"  val {val_loss:.4f}" if val_loss is not None else ""
+        self.val_loss = event.val_loss
+        val = f"  val {event.val_loss:.4f}" if event.val_loss is not None else ""
         left = f"  eta {format_duration(eta)}" if eta is not None else ""
-        self.log(f"step {step}  loss {train_loss:.4f}{val}  {chars_per_sec:,.0f} chars/s{left}")
+        self.log(f"step {event.step}  loss {event.train_loss:.4f}{val}  {event.chars_per_sec:,.0f} chars/s{left}")
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,6 +1,8 @@
-"""One writer per run directory: an exclusive `flock` on `<run>/.lock`.
+"""One writer per run directory: an exclusive `flock` on its lock file (see `charrnn.rundir`).
 
 The kernel drops the lock when its process dies, so a killed run never leaves a stale lock.
+`is_locked` asks whether a live process holds it without taking it, for readers such as
+`charrnn runs`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from charrnn.errors import BusyError, CharRNNError
 
 
 class RunLock:
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
+    """`with RunLock(path):` holds an exclusive lock on the file `path` (created if missing) and
+    writes this process's id into it; another holder makes it raise `BusyError`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -37,3 +42,25 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds the lock file `path`, without touching the lock (taking it
+    even for a moment would make a `train` starting then fail): Linux's /proc/locks lists the
+    inodes under flock; elsewhere, whether the pid written in the file is alive."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    device_inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as f:  # "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"
+            return any(fields[1] == "FLOCK" and fields[5] == device_inode for fields in map(str.split, f))
+    except (OSError, IndexError):
+        pass
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False

@@ -1,71 +1,18 @@
-"""What is in a run directory, read without disturbing a `train` that may be writing it:
-its metrics (a half-written last line is skipped), its model, its checkpoints' meta, its lock."""
+"""`charrnn runs`: a row per run directory, read without disturbing a `train` that may be
+writing it: its model, its training state's meta, its metrics, whether it is training."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from charrnn import checkpoint
-from charrnn.checkpoint import BEST, LATEST
 from charrnn.errors import CharRNNError
-
-METRICS, CONFIG, LOCK = "metrics.jsonl", "config.yaml", ".lock"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of the run's latest training (after the last `--fresh` restart), in order.
-
-    Every line is one JSON object; a line that does not parse (the one a live `train` is
-    writing) is skipped. `minutes` is added: wall time summed over the invocations (each
-    `train` restarts `elapsed` at 0). No metrics file, or no event in it, is an error.
-    """
-    path = run_dir / METRICS
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        raise CharRNNError(f"{run_dir}: no {METRICS} (not a run directory, or not trained yet)") from None
-    except OSError as err:
-        raise CharRNNError(f"{path}: cannot read: {err.strerror or err}") from None
-    events: list[dict[str, Any]] = []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("step"), int):
-            events.append(event)
-    start = 0  # a step lower than the one before: a --fresh run appended to the same file
-    for i in range(1, len(events)):
-        if events[i]["step"] < events[i - 1]["step"]:
-            start = i
-    events = events[start:]
-    if not events:
-        raise CharRNNError(f"{path}: no metrics yet")
-    offset, previous = 0.0, 0.0
-    for event in events:
-        elapsed = float(event.get("elapsed") or 0.0)
-        if elapsed < previous:  # a new invocation (resume)
-            offset += previous
-        previous = elapsed
-        event["minutes"] = (offset + elapsed) / 60
-    return events
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config.yaml as a dict ({} if missing or unreadable)."""
-    try:
-        data = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+from charrnn.metrics import read_metrics
+from charrnn.rundir import TRAINING_ORDER, RunDir
 
 
 def describe_model(config: dict[str, Any]) -> str:
@@ -75,29 +22,6 @@ def describe_model(config: dict[str, Any]) -> str:
         return f"{model['cell']} {int(model['num_layers'])}x{int(model['hidden_size'])}"
     except (KeyError, TypeError, ValueError):
         return "?"
-
-
-def is_training(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock, without touching the lock (taking it even
-    for a moment would make a `train` starting then fail): Linux's /proc/locks lists the inodes
-    under flock; elsewhere, whether the pid written in the lock file is alive."""
-    lock = run_dir / LOCK
-    try:
-        st = lock.stat()
-    except OSError:
-        return False
-    device_inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks", encoding="ascii") as f:  # "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"
-            return any(fields[1] == "FLOCK" and fields[5] == device_inode for fields in map(str.split, f))
-    except (OSError, IndexError):
-        pass
-    try:
-        pid = int(lock.read_text().strip())
-        os.kill(pid, 0)
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -121,13 +45,14 @@ class RunInfo:
 
 def run_info(run_dir: Path) -> RunInfo:
     """Everything `charrnn runs` shows about one directory; problems become `problem`, not errors."""
-    info = RunInfo(run_dir.name, str(run_dir), describe_model(read_config(run_dir)), training=is_training(run_dir))
+    run = RunDir(run_dir)
+    info = RunInfo(run_dir.name, str(run_dir), describe_model(run.read_config()), training=run.is_training())
     info.modified = max((_mtime(p) for p in run_dir.iterdir() if not p.name.startswith(".")), default=0.0)
     problems = []
-    ckpt_path = run_dir / (LATEST if (run_dir / LATEST).exists() else BEST)
-    if ckpt_path.exists():
+    found = run.checkpoints(TRAINING_ORDER)
+    if found:
         try:
-            meta = checkpoint.read_meta(ckpt_path)
+            meta = checkpoint.read_meta(found[0])
             info.step = int(meta["step"])
             info.best_val_loss = meta.get("best_val_loss")
             if info.model == "?":
@@ -137,7 +62,7 @@ def run_info(run_dir: Path) -> RunInfo:
     else:
         problems.append("no checkpoint")
     try:
-        events = read_metrics(run_dir)
+        events = read_metrics(run.metrics)
         vals = [e["val_loss"] for e in events if isinstance(e.get("val_loss"), float) and math.isfinite(e["val_loss"])]
         speeds = [e["chars_per_sec"] for e in events if isinstance(e.get("chars_per_sec"), (int, float))]
         info.last_val_loss = vals[-1] if vals else None
@@ -145,7 +70,7 @@ def run_info(run_dir: Path) -> RunInfo:
         if info.step is None:
             info.step = events[-1]["step"]
     except CharRNNError as err:
-        problems.append(str(err).replace(f"{run_dir}: ", "").replace(f"{run_dir / METRICS}: ", ""))
+        problems.append(str(err).replace(f"{run.metrics}: ", "").replace(f"{run_dir}: ", ""))
     info.problem = "; ".join(problems) or None
     return info
 
@@ -163,8 +88,7 @@ def list_runs(root: Path) -> list[RunInfo]:
     config), newest first."""
     if not root.is_dir():
         raise CharRNNError(f"no such directory: {root}")
-    markers = (LATEST, BEST, METRICS, CONFIG)
-    dirs = [d for d in root.iterdir() if d.is_dir() and any((d / m).exists() for m in markers)]
+    dirs = [d for d in root.iterdir() if RunDir(d).is_run()]
     return sorted((run_info(d) for d in dirs), key=lambda r: r.modified, reverse=True)
 
 

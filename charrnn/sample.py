@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.errors import UsageError
+from charrnn.errors import InvalidUsageError
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
@@ -37,11 +37,11 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise UsageError(f"temperature must be a positive number, got {self.temperature}")
+            raise InvalidUsageError(f"temperature must be a positive number, got {self.temperature}")
         if self.top_k < 0:
-            raise UsageError(f"top_k must be >= 0, got {self.top_k}")
+            raise InvalidUsageError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidUsageError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 _MASK64 = (1 << 64) - 1
@@ -218,5 +218,5 @@ def stop_ids_for(vocab: Vocab, stop: str | None) -> np.ndarray | None:
         return None
     unknown = set(stop) - set(vocab.chars)
     if unknown:
-        raise UsageError(f"the stop text has characters the model never generates: {sorted(unknown)}")
+        raise InvalidUsageError(f"the stop text has characters the model never generates: {sorted(unknown)}")
     return vocab.encode(stop).astype(np.int64)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.api import LanguageModel
-from charrnn.checkpoint import atomic_write
+from charrnn.atomic import atomic_write
 from charrnn.layers.loss import log_softmax_at
 
 TOP_K = 5

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint
-from charrnn.checkpoint import CheckpointError
+from charrnn.atomic import atomic_write
+from charrnn.errors import CheckpointError
 from charrnn.config import Config
 from charrnn.train import new_state
 from charrnn.vocab import Vocab
@@ -117,6 +118,6 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path: Path) -> None:
         raise OSError(28, "No space left on device")
 
     with pytest.raises(Exception, match="No space left"):
-        checkpoint.atomic_write(path, explode)
+        atomic_write(path, explode)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from charrnn.config import Config, build_config, load_yaml, parse_override
-from charrnn.errors import UsageError
+from charrnn.errors import InvalidUsageError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -17,16 +17,16 @@ def test_overrides_are_typed_by_yaml() -> None:
 
 
 def test_unknown_key_names_the_path_and_the_nearest_key() -> None:
-    with pytest.raises(UsageError, match=r"model\.hiden_size.*hidden_size"):
+    with pytest.raises(InvalidUsageError, match=r"model\.hiden_size.*hidden_size"):
         build_config([{"model": {"hiden_size": 3}}])
-    with pytest.raises(UsageError, match="unknown config key trian"):
+    with pytest.raises(InvalidUsageError, match="unknown config key trian"):
         build_config([{"trian": {}}])
 
 
 def test_wrong_type_names_the_key() -> None:
-    with pytest.raises(UsageError, match=r"train\.batch_size: expected int"):
+    with pytest.raises(InvalidUsageError, match=r"train\.batch_size: expected int"):
         build_config([{"train": {"batch_size": "big"}}])
-    with pytest.raises(UsageError, match="expected int"):
+    with pytest.raises(InvalidUsageError, match="expected int"):
         build_config([{"train": {"batch_size": True}}])
 
 
@@ -43,20 +43,20 @@ def test_wrong_type_names_the_key() -> None:
     ],
 )
 def test_absurd_values_are_refused(override: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidUsageError):
         build_config([parse_override(override)])
 
 
 @pytest.mark.parametrize("text", ["model.hidden_size", "=3", "noequals"])
 def test_malformed_set_is_a_usage_error(text: str) -> None:
-    with pytest.raises(UsageError, match="KEY=VALUE"):
+    with pytest.raises(InvalidUsageError, match="KEY=VALUE"):
         parse_override(text)
 
 
 def test_python_tags_in_yaml_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.yaml"
     path.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(UsageError, match="not plain YAML"):
+    with pytest.raises(InvalidUsageError, match="not plain YAML"):
         load_yaml(path)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from charrnn.data import Batcher, Source, iter_text, read_text, sources_from_args, split_train_val
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, InvalidUsageError
 
 
 def test_invalid_utf8_reports_the_byte_offset(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_multibyte_characters_split_across_blocks_decode() -> None:
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(InvalidUsageError, match="no such file"):
         sources_from_args([str(tmp_path / "nope.txt")])
 
 

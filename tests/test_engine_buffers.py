@@ -19,7 +19,7 @@ def setup(cell: str, dtype=np.float32):
     model = CharRNN(shape, init_params(shape, np.random.default_rng(0), np.dtype(dtype)))
     rng = np.random.default_rng(1)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
-    optimizer = Optimizer(TrainConfig(), model.params)
+    optimizer = Optimizer(TrainConfig().optimizer_settings(), model.params)
     state = model.initial_state(B)
 
     def step():

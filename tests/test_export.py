@@ -16,7 +16,7 @@ from conftest import assert_clean_error, run_cli
 from charrnn import checkpoint
 from charrnn.config import build_config
 from charrnn.model import ModelShape, init_params
-from charrnn.train import write_new_run
+from charrnn.rundir import create_run, find_model
 from charrnn.vocab import Vocab
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -36,13 +36,13 @@ def make_run(folder: Path, cell: str, layers: int = 2, H: int = 16, dtype: str =
     params = init_params(shape, np.random.default_rng(1), np.dtype(dtype))
     for p in params.values():
         p *= scale
-    write_new_run(folder / f"{cell}-{dtype}", config, vocab, params)
+    create_run(folder / f"{cell}-{dtype}", config, vocab, params)
     return folder / f"{cell}-{dtype}"
 
 
 def charrnn_logits(run: Path, ids: np.ndarray, chunks: int) -> np.ndarray:
     """charrnn's logits (T, B, V) over ids (T, B), in `chunks` calls with the state carried."""
-    model = checkpoint.load(checkpoint.find_model(str(run))).model()
+    model = checkpoint.load(find_model(run)).model()
     state, out = model.initial_state(ids.shape[1]), []
     for part in np.array_split(ids, chunks):
         logits, state = model.logits(part, state)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import TINY, assert_clean_error, run_cli
 
-from charrnn.runs import read_metrics
+from charrnn.metrics import read_metrics
 
 matplotlib = pytest.importorskip("matplotlib")
 mpl_image = pytest.importorskip("matplotlib.image")
@@ -70,7 +70,7 @@ def test_a_half_written_last_line_is_skipped(two_runs: Path, tmp_path: Path) -> 
     run.mkdir()
     lines = (two_runs / "runs" / "alpha" / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 45, "train_lo')
-    assert len(read_metrics(run)) == len(lines)
+    assert len(read_metrics(run / "metrics.jsonl")) == len(lines)
     proc = run_cli("plot", str(run), "-o", str(tmp_path / "live.pdf"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert (tmp_path / "live.pdf").read_bytes().startswith(b"%PDF")
@@ -81,9 +81,9 @@ def test_resumed_minutes_add_up_and_a_fresh_restart_starts_over(tmp_path: Path) 
     run.mkdir()
     events = [(10, 60.0), (20, 120.0), (30, 30.0), (40, 90.0), (5, 6.0), (10, 12.0)]  # resume, then --fresh
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed": e}) + "\n" for s, e in events[:4]))
-    assert [e["minutes"] for e in read_metrics(run)] == [1.0, 2.0, 2.5, 3.5]
+    assert [e["minutes"] for e in read_metrics(run / "metrics.jsonl")] == [1.0, 2.0, 2.5, 3.5]
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed": e}) + "\n" for s, e in events))
-    assert [e["step"] for e in read_metrics(run)] == [5, 10]
+    assert [e["step"] for e in read_metrics(run / "metrics.jsonl")] == [5, 10]
 
 
 def test_plot_errors_are_one_line(two_runs: Path, tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_evaluation_after_a_training_step_sees_the_updated_weights(cell: str) ->
     before = evaluate(model, ids, seq_len=16).loss
     x, y = ids[:16].reshape(4, 4), ids[1:17].reshape(4, 4)
     model.loss(x, y, model.initial_state(4))
-    Optimizer(TrainConfig(lr=0.05), model.params).step(model.params, model.backward(), 0.05)
+    Optimizer(TrainConfig(lr=0.05).optimizer_settings(), model.params).step(model.params, model.backward(), 0.05)
     after = evaluate(model, ids, seq_len=16).loss
     fresh = CharRNN(model.shape, {k: v.copy() for k, v in model.params.items()})
     assert after != before

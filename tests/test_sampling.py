@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, make_model, run_cli
 
 import charrnn
-from charrnn.errors import UsageError
+from charrnn.errors import InvalidUsageError
 from charrnn.sample import Sampling, generate, next_ids, uniforms
 from charrnn.vocab import Vocab
 
@@ -57,7 +57,7 @@ def test_top_p_one_keeps_everything_and_tiny_top_p_is_greedy() -> None:
 
 @pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_p": 1.5}, {"temperature": 0.0}, {"top_k": -1}])
 def test_sampling_options_are_validated(bad: dict) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidUsageError):
         Sampling(**bad)
 
 
@@ -96,7 +96,7 @@ def test_stop_ends_each_sample_on_its_own_and_length_stays_the_bound() -> None:
     for t in texts:
         if not t.endswith("ab"):
             assert len(t) == 40 and "ab" not in t
-    with pytest.raises(UsageError, match="never generates"):
+    with pytest.raises(InvalidUsageError, match="never generates"):
         list(generate(model, vocab, [""], 5, stop="z"))
 
 
@@ -127,13 +127,13 @@ def test_prime_file_completes_each_line_in_order(run_dir) -> None:
 def test_cli_stop_gives_one_line_and_each_of_num_samples_stops_on_its_own(run_dir) -> None:
     lm = charrnn.load(run_dir)
     one = run_cli("sample", "-m", str(run_dir), "--stop", "\n", "-p", "ca", "--seed", "2", "-n", "100", cwd=run_dir)
-    expected = lm.sample(100, prime="ca", stop="\n", seed=2)
+    expected = lm.sample("ca", 100, stop="\n", seed=2)
     assert one.stdout.decode() == "ca" + expected
     assert expected.count("\n") == 1 and expected.endswith("\n")
     many = run_cli("sample", "-m", str(run_dir), "--stop", "\n", "--num-samples", "4", "--seed", "2", cwd=run_dir)
     texts = list(lm.samples([""] * 4, 200, seed=2, stop="\n"))
     assert many.stdout.decode() == "\n\n".join(texts)
-    assert texts[0] == lm.sample(200, seed=2, stop="\n")
+    assert texts[0] == lm.sample("", 200, seed=2, stop="\n")
     assert all(t.endswith("\n") and t.count("\n") == 1 for t in texts)
 
 

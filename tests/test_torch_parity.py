@@ -104,7 +104,7 @@ def test_optimizer_steps_with_clipping_match_torch(kind: str) -> None:
     params = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
     tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params.values()]
     config = TrainConfig(optimizer=kind, lr=0.01, grad_clip=1.0, eps=1e-10, momentum=0.9)
-    opt = Optimizer(config, params)
+    opt = Optimizer(config.optimizer_settings(), params)
     topt = {
         "adam": lambda: torch.optim.Adam(tparams, lr=0.01, betas=(0.9, 0.999), eps=1e-10),
         "adagrad": lambda: torch.optim.Adagrad(tparams, lr=0.01, eps=1e-10),
@@ -132,7 +132,7 @@ def test_decoupled_weight_decay_matches_torch_adamw_on_matrices_and_spares_biase
     params = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
     tW, tb = (torch.tensor(p.copy(), requires_grad=True) for p in params.values())
     config = TrainConfig(lr=0.01, eps=1e-10, weight_decay=0.1)
-    opt = Optimizer(config, params)
+    opt = Optimizer(config.optimizer_settings(), params)
     groups = [{"params": [tW], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}]
     topt = torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-10)
     for _ in range(3):
