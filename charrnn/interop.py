@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -172,18 +171,15 @@ def from_state_dict(
 
 
 def _vocab(meta: dict[str, str], vocab_file: Path | None, name: str) -> Vocab:
+    if vocab_file is None and "vocab" not in meta:
+        raise InvalidUsageError(
+            f"{name} has no vocabulary in its metadata; pass --vocab FILE (a JSON list of characters)"
+        )
+    source = vocab_file or f"{name}'s metadata"
     try:
-        if vocab_file is not None:
-            chars: Any = json.loads(vocab_file.read_text(encoding="utf-8"))
-        elif "vocab" in meta:
-            chars = json.loads(meta["vocab"])
-        else:
-            raise InvalidUsageError(
-                f"{name} has no vocabulary in its metadata; pass --vocab FILE (a JSON list of characters)"
-            )
-        return Vocab(chars)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
-        source = vocab_file or f"{name}'s metadata"
+        text = vocab_file.read_text(encoding="utf-8") if vocab_file is not None else meta["vocab"]
+        return Vocab(json.loads(text))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InvalidUsageError) as err:
         raise InvalidUsageError(
             f"{source}: the vocabulary must be a JSON list of distinct characters ({err})"
         ) from None

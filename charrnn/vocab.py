@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, InvalidUsageError
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -15,7 +15,7 @@ def id_dtype(vocab_size: int) -> np.dtype:
     for dtype in (np.uint8, np.uint16, np.uint32):
         if vocab_size <= np.iinfo(dtype).max + 1:
             return np.dtype(dtype)
-    raise ValueError(f"vocabulary of {vocab_size} characters is too large")
+    raise CharRNNError(f"vocabulary of {vocab_size} characters is too large")
 
 
 def code_points(text: str) -> np.ndarray:
@@ -32,12 +32,19 @@ def describe_chars(chars: Iterable[str], limit: int = 20) -> str:
 
 class Vocab:
     """Characters in id order. Built sorted by code point; `extend` appends, so old ids keep
-    their meaning. Any Unicode character is a character (CR and LF are two)."""
+    their meaning. Any Unicode character is a character (CR and LF are two).
 
-    def __init__(self, chars: Iterable[str]) -> None:
+    `chars` is a list or tuple of distinct one-character strings; anything else (a dict, whose
+    keys would be taken, a set, whose order is not the ids') is an `InvalidUsageError`."""
+
+    def __init__(self, chars: list[str] | tuple[str, ...]) -> None:
+        if not isinstance(chars, (list, tuple)):
+            raise InvalidUsageError(f"a vocabulary is a list of characters in id order, not a {type(chars).__name__}")
         self.chars: tuple[str, ...] = tuple(chars)
-        if len(set(self.chars)) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
-            raise ValueError("vocabulary must hold distinct single characters")
+        if any(not isinstance(ch, str) or len(ch) != 1 for ch in self.chars):
+            raise InvalidUsageError("a vocabulary must hold one-character strings only")
+        if len(set(self.chars)) != len(self.chars):
+            raise InvalidUsageError("a vocabulary must not hold a character twice")
         codes = np.array([ord(ch) for ch in self.chars], dtype=np.int64)
         # id of every code point up to the largest known one; -1 for unknown (the last entry
         # catches everything beyond). At most 4.4 MB, for a vocabulary reaching U+10FFFF.
@@ -46,6 +53,7 @@ class Vocab:
 
     @classmethod
     def from_chars(cls, chars: Iterable[str]) -> Vocab:
+        """The vocabulary of a set of characters, in code-point order."""
         return cls(sorted(set(chars)))
 
     def __len__(self) -> int:

@@ -1,16 +1,25 @@
+"""Checkpoints (`charrnn.checkpoint`): round trips, and every broken or hostile file refused in one
+line before anything large is allocated."""
+
 from __future__ import annotations
 
 import io
 import json
+import os
+import resource
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, assert_clean_error, run_cli
 
 from charrnn import checkpoint
 from charrnn.atomic import atomic_write
-from charrnn.errors import CheckpointError
 from charrnn.config import Config
+from charrnn.errors import CheckpointError
 from charrnn.train import new_state
 from charrnn.vocab import Vocab
 
@@ -121,3 +130,47 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path: Path) -> None:
         atomic_write(path, explode)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_a_small_file_declaring_a_huge_array_is_refused_before_any_allocation(tmp_path: Path, corpus: Path) -> None:
+    """A 4.7 MB checkpoint whose param.b_y declares 2^28 float32 (1 GiB of zeros, compressed):
+    refused from its header under a 1 GiB address-space limit, naming the entry and both shapes."""
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "--steps", "2", "-q", cwd=tmp_path).returncode == 0
+    good = tmp_path / "run" / "best.npz"
+    hostile = tmp_path / "hostile.npz"
+    n = 2**28
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(hostile, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        for info in src.infolist():
+            if info.filename != "param.b_y.npy":
+                dst.writestr(info.filename, src.read(info))
+        with dst.open("param.b_y.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            zeros = bytes(1 << 24)
+            for _ in range(n * 4 // len(zeros)):
+                f.write(zeros)
+    assert hostile.stat().st_size < 8_000_000
+    limit = _limit_memory(1 << 30)
+    ok = subprocess.run([sys.executable, "-m", "charrnn", "sample", "-m", str(good), "-n", "5"], cwd=tmp_path,
+                        capture_output=True, preexec_fn=limit)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr.decode()  # the limit leaves room for a normal load
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "sample", "-m", str(hostile), "-n", "5"], cwd=tmp_path,
+                          capture_output=True, preexec_fn=limit)  # fmt: skip
+    vocab_size = len(checkpoint.load(good).vocab)
+    assert_clean_error(proc, 1, "param.b_y", f"({n},)", f"({vocab_size},)")
+
+
+def test_corrupt_checkpoint_given_to_sample_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04" + os.urandom(200))
+    assert_clean_error(run_cli("sample", "-m", str(bad), cwd=tmp_path), 1, "bad.npz")
+
+
+def test_sample_refuses_a_pickle_bearing_npz_in_one_line(tmp_path: Path) -> None:
+    np.savez(tmp_path / "evil.npz", meta=np.array([print], dtype=object))
+    assert_clean_error(run_cli("sample", "-m", "evil.npz", cwd=tmp_path), 1, "pickle")
+
+
+def _limit_memory(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

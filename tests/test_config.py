@@ -1,9 +1,12 @@
+"""The configuration (`charrnn.config`): keys, types, validation, YAML, and the shipped configs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import assert_clean_error, run_cli
 
 from charrnn.config import Config, build_config, load_yaml, parse_override
 from charrnn.errors import InvalidUsageError
@@ -73,3 +76,9 @@ def test_default_yaml_lists_every_key_with_the_dataclass_defaults() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_shipped_config_is_valid(name: str) -> None:
     build_config([load_yaml(CONFIGS / name)])
+
+
+def test_train_refuses_python_tagged_yaml_in_one_line(tmp_path: Path, corpus: Path) -> None:
+    (tmp_path / "evil.yaml").write_text("train: !!python/object/apply:os.system ['touch pwned']\n")
+    assert_clean_error(run_cli("train", str(corpus), "-c", "evil.yaml", cwd=tmp_path), 2, "not plain YAML")
+    assert not (tmp_path / "pwned").exists()

@@ -1,3 +1,5 @@
+"""Reading (`charrnn.data`): strict UTF-8 with byte offsets, the train/val split, the batcher."""
+
 from __future__ import annotations
 
 from pathlib import Path

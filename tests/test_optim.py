@@ -1,3 +1,5 @@
+"""The optimizers' helpers (`charrnn.optim`): clipping, learning-rate schedules and warm-up."""
+
 from __future__ import annotations
 
 import itertools

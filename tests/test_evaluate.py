@@ -1,3 +1,5 @@
+"""Evaluation (`charrnn.evaluate`): chunking is invisible, and prepared weights follow updates."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +10,6 @@ from conftest import make_model
 
 from charrnn.evaluate import evaluate
 from charrnn.layers.loss import xent_sum
-from charrnn.sample import Sampling, generate, next_ids
-from charrnn.vocab import Vocab
 
 
 def test_eval_over_chunks_equals_one_pass_over_the_whole_text() -> None:
@@ -24,40 +24,6 @@ def test_eval_over_chunks_equals_one_pass_over_the_whole_text() -> None:
         assert result.loss == pytest.approx(expected, rel=1e-12)
     assert result.bpc == pytest.approx(expected / math.log(2))
     assert result.perplexity == pytest.approx(math.exp(expected))
-
-
-def _texts(model, vocab, primes, seed, length=30, **kw) -> list[str]:
-    return list(generate(model, vocab, primes, length, Sampling(**kw), seed=seed))
-
-
-def test_same_seed_same_text_and_different_seed_different_text() -> None:
-    model, vocab = make_model("lstm", V=7, scale=1.0), Vocab.from_chars("abcdefg")
-    assert _texts(model, vocab, [""], 1, 50) == _texts(model, vocab, [""], 1, 50)
-    assert _texts(model, vocab, [""], 1, 50) != _texts(model, vocab, [""], 2, 50)
-    assert _texts(model, vocab, [""], 1, 50, greedy=True) == _texts(model, vocab, [""], 2, 50, greedy=True)
-
-
-def test_top_k_only_draws_from_the_k_most_likely() -> None:
-    logits = np.array([[0.0, 5.0, 1.0, 4.0, -1.0]] * 2000)
-    picks = next_ids(logits, np.random.default_rng(0).random(2000), Sampling(top_k=2))
-    assert set(picks.tolist()) == {1, 3}
-
-
-def test_low_temperature_approaches_greedy_and_sampling_follows_softmax() -> None:
-    logits = np.log(np.array([[0.2, 0.5, 0.3]] * 20000))
-    picks = next_ids(logits, np.random.default_rng(0).random(20000))
-    np.testing.assert_allclose(np.bincount(picks, minlength=3) / 20000, [0.2, 0.5, 0.3], atol=0.015)
-    cold = next_ids(logits[:100], np.random.default_rng(0).random(100), Sampling(temperature=0.01))
-    assert (cold == 1).all()
-
-
-def test_num_samples_streams_are_independent_and_match_single_runs_when_greedy() -> None:
-    model, vocab = make_model("rnn", V=7, scale=1.0), Vocab.from_chars("abcdefg")
-    batch = _texts(model, vocab, ["ab"] * 4, 0)
-    assert len(batch) == 4 and all(len(text) == 30 for text in batch)
-    assert len(set(batch)) > 1
-    greedy = _texts(model, vocab, ["ab"] * 3, 0, greedy=True)
-    assert greedy == _texts(model, vocab, ["ab"], 5, greedy=True) * 3
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

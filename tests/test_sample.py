@@ -1,4 +1,5 @@
-"""Sampling options (temperature, top-k, top-p, stop), batched priming and seeding."""
+"""Generation (`charrnn.sample`): sampling options (temperature, top-k, top-p, stop), seeding,
+batched priming and parallel streams handed out batch by batch."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import TINY, make_model, run_cli
 
 import charrnn
+from charrnn import sample as sample_module
 from charrnn.errors import InvalidUsageError
 from charrnn.sample import Sampling, generate, next_ids, uniforms
 from charrnn.vocab import Vocab
@@ -140,3 +142,62 @@ def test_cli_stop_gives_one_line_and_each_of_num_samples_stops_on_its_own(run_di
 def test_prime_file_refuses_prime_and_num_samples(run_dir) -> None:
     proc = run_cli("sample", "-m", str(run_dir), "--prime-file", "-", "-p", "x", cwd=run_dir, input=b"a\n")
     assert proc.returncode == 2 and b"--prime-file" in proc.stderr
+
+
+def _texts(model, vocab, primes, seed, length=30, **kw) -> list[str]:
+    return list(generate(model, vocab, primes, length, Sampling(**kw), seed=seed))
+
+
+def test_same_seed_same_text_and_different_seed_different_text() -> None:
+    model, vocab = make_model("lstm", V=7, scale=1.0), Vocab.from_chars("abcdefg")
+    assert _texts(model, vocab, [""], 1, 50) == _texts(model, vocab, [""], 1, 50)
+    assert _texts(model, vocab, [""], 1, 50) != _texts(model, vocab, [""], 2, 50)
+    assert _texts(model, vocab, [""], 1, 50, greedy=True) == _texts(model, vocab, [""], 2, 50, greedy=True)
+
+
+def test_top_k_only_draws_from_the_k_most_likely() -> None:
+    logits = np.array([[0.0, 5.0, 1.0, 4.0, -1.0]] * 2000)
+    picks = next_ids(logits, np.random.default_rng(0).random(2000), Sampling(top_k=2))
+    assert set(picks.tolist()) == {1, 3}
+
+
+def test_low_temperature_approaches_greedy_and_sampling_follows_softmax() -> None:
+    logits = np.log(np.array([[0.2, 0.5, 0.3]] * 20000))
+    picks = next_ids(logits, np.random.default_rng(0).random(20000))
+    np.testing.assert_allclose(np.bincount(picks, minlength=3) / 20000, [0.2, 0.5, 0.3], atol=0.015)
+    cold = next_ids(logits[:100], np.random.default_rng(0).random(100), Sampling(temperature=0.01))
+    assert (cold == 1).all()
+
+
+def test_num_samples_streams_are_independent_and_match_single_runs_when_greedy() -> None:
+    model, vocab = make_model("rnn", V=7, scale=1.0), Vocab.from_chars("abcdefg")
+    batch = _texts(model, vocab, ["ab"] * 4, 0)
+    assert len(batch) == 4 and all(len(text) == 30 for text in batch)
+    assert len(set(batch)) > 1
+    greedy = _texts(model, vocab, ["ab"] * 3, 0, greedy=True)
+    assert greedy == _texts(model, vocab, ["ab"], 5, greedy=True) * 3
+
+
+def test_many_samples_are_generated_and_handed_out_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate() holds one batch of streams at a time: the first texts come out before the
+    second batch starts, so memory does not grow with --num-samples."""
+    from conftest import make_model
+
+    from charrnn.vocab import Vocab
+
+    vocab = Vocab.from_chars("abc\n")
+    model = make_model("gru", V=4, scale=1.0)
+    widths: list[int] = []
+    real = model.logits
+
+    def counting(ids, state, reuse_weights=False):
+        widths.append(ids.shape[1])
+        return real(ids, state, reuse_weights)
+
+    monkeypatch.setattr(model, "logits", counting)
+    texts = sample_module.generate(model, vocab, [""] * 250, 10, seed=1, batch_streams=100)
+    first = [next(texts) for _ in range(100)]
+    assert max(widths) == 100 and len(first) == 100
+    calls = len(widths)
+    rest = list(texts)
+    assert len(rest) == 150 and max(widths[calls:]) == 100 and min(widths[calls:]) == 50

@@ -1,0 +1,52 @@
+"""The Python API (`charrnn.load`, `LanguageModel`): which checkpoint it loads, and one order
+for generation's arguments (prime(s), length, sampling, seed, stop) across its methods."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import charrnn
+from charrnn import Sampling
+from charrnn.config import build_config
+from charrnn.model import init_params
+from charrnn.rundir import create_run
+from charrnn.vocab import Vocab
+
+VOCAB = Vocab.from_chars("abc \n")
+
+
+def _run(path: Path, seed: int) -> Path:
+    """A run directory holding random weights (no training needed to test loading)."""
+    config = build_config([{"model": {"cell": "gru", "hidden_size": 8, "num_layers": 1}}])
+    shape = config.model.shape(len(VOCAB))
+    create_run(path, config, VOCAB, init_params(shape, np.random.default_rng(seed), np.dtype(np.float32)))
+    return path
+
+
+def test_generation_takes_prime_then_length_in_every_method(tmp_path: Path) -> None:
+    lm = charrnn.load(_run(tmp_path / "run", 0))
+    one = lm.sample("ab", 12, temperature=0.9, seed=3)
+    assert 0 < len(one) <= 12
+    assert "".join(lm.stream("ab", 12, Sampling(temperature=0.9), 3)) == one
+    assert next(lm.samples(["ab"], 12, Sampling(temperature=0.9), 3)) == one
+    assert lm.sample(prime="ab", length=12, temperature=0.9, seed=3) == one
+    with pytest.raises(TypeError):
+        lm.sample("ab", 12, 0.9)  # sampling options are keywords: no silent mix-up with length
+
+
+def test_load_reads_best_before_latest_and_without_a_path_the_newest_run(tmp_path: Path) -> None:
+    old, new = _run(tmp_path / "runs" / "old", 0), _run(tmp_path / "runs" / "new", 1)
+    assert charrnn.load(old).path == old / "latest.npz"  # a new run has no best.npz yet
+    (old / "latest.npz").rename(old / "best.npz")
+    assert charrnn.load(old).path == old / "best.npz"
+    os.utime(new / "latest.npz", (1, 1))  # the old run's checkpoint is now the newest
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert charrnn.load().path == Path("runs/old/best.npz")
+    finally:
+        os.chdir(cwd)
