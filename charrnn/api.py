@@ -16,11 +16,12 @@ import numpy as np
 
 from charrnn import checkpoint
 from charrnn.config import Config
-from charrnn.data import Source
-from charrnn.evaluate import EvalResult, evaluate
+from charrnn.data import UNITS, LongText, Source, iter_text, pieces
+from charrnn.errors import ArgumentTypeError, ArgumentValueError, check_int, check_str
+from charrnn.evaluate import EvalResult, evaluate_blocks
 from charrnn.model import CharRNN, ModelShape
 from charrnn.rundir import find_model
-from charrnn.sample import Sampling, contexts_for, generate, stream
+from charrnn.sample import Sampling, generate, starts, stream
 from charrnn.score import RecordScore, score_records, score_sources
 from charrnn.vocab import Vocab
 
@@ -73,6 +74,7 @@ class LanguageModel:
         stop: str | None = None,
     ) -> Iterator[str]:
         """`sample`, one character at a time as it is generated."""
+        _check_generation([prime], length, sampling, seed, stop)
         return stream(self.model, self.vocab, prime, length, sampling, seed, stop)
 
     def samples(
@@ -85,11 +87,14 @@ class LanguageModel:
     ) -> Iterator[str]:
         """One completion per prime, in order, generated together in batches as parallel streams.
         Completion i equals `sample(primes[i])` with stream index i (see `charrnn.sample`)."""
+        if isinstance(primes, str) or not isinstance(primes, Sequence):
+            raise ArgumentTypeError(f"primes must be a list of str, got {type(primes).__name__}; sample() takes one")
+        _check_generation(primes, length, sampling, seed, stop)
         return generate(self.model, self.vocab, primes, length, sampling, seed, stop)
 
     def score(self, text: str) -> float:
         """Nats per character of `text` as one record (see `charrnn.score`)."""
-        return self.score_records([text])[0]
+        return self.score_records([check_str(text, "text")])[0]
 
     def score_records(self, records: Iterable[str]) -> list[float]:
         """Nats per character of each record, scored independently: inf for a record with
@@ -97,18 +102,26 @@ class LanguageModel:
         return [s.loss for s in self.iter_scores(records)]
 
     def iter_scores(self, records: Iterable[str]) -> Iterator[RecordScore]:
-        """`RecordScore`s of records as they come (a generator: flat memory on any input)."""
-        return score_records(self.model, self.vocab, records)
+        """`RecordScore`s of records as they come (a generator: flat memory on any input). A
+        record that is not a str fails when it is reached."""
+        if isinstance(records, str | bytes) or not isinstance(records, Iterable):
+            raise ArgumentTypeError(
+                f"records must be an iterable of str, got {type(records).__name__}; score() takes one"
+            )
+        checked = (check_str(record, f"record {i}") for i, record in enumerate(records))
+        return score_records(self.model, self.vocab, checked)
 
     def score_sources(self, sources: Sequence[Source], by: str = "line") -> Iterator[RecordScore]:
         """The records of files or standard input (`charrnn.data.sources_from_args`), by line,
         paragraph or file."""
+        if by not in UNITS:
+            raise ArgumentValueError(f"by must be one of {', '.join(UNITS)}, got {by!r:.40}")
         return score_sources(self.model, self.vocab, sources, by)
 
     def next_char_probs(self, prefix: str = "") -> dict[str, float]:
         """The probability of each character following `prefix`, most likely first."""
-        context = contexts_for(self.vocab, [prefix])[0]
-        logits, _ = self.model.logits(context[:, None], self.model.initial_state(1))
+        (context,), state0 = starts(self.model, self.vocab, [check_str(prefix, "prefix")])
+        logits, _ = self.model.logits(context[:, None], state0)
         scores = logits[:, -1, 0].astype(np.float64)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
@@ -118,7 +131,30 @@ class LanguageModel:
     def evaluate(self, text: str, seq_len: int = 256) -> EvalResult:
         """`charrnn eval`: the text as one sequence from the zero state, every character after
         the first predicted (unlike `score`, which starts after a newline and predicts all)."""
-        return evaluate(self.model, self.vocab.encode(text), streams=1, seq_len=seq_len)
+        blocks = map(self.vocab.encode, pieces(check_str(text, "text")))
+        return evaluate_blocks(self.model, blocks, check_int(seq_len, "seq_len", 1))
+
+    def evaluate_sources(self, sources: Sequence[Source], seq_len: int = 256) -> EvalResult:
+        """`evaluate` of the concatenated files or standard input, read block by block: memory
+        stays flat however long the text is."""
+        blocks = (self.vocab.encode(block) for source in sources for block in iter_text(source))
+        return evaluate_blocks(self.model, blocks, check_int(seq_len, "seq_len", 1))
+
+
+def _check_generation(primes: Sequence[object], length: object, sampling: object, seed: object, stop: object) -> None:
+    """The checks of the CLI's sample options, for Python callers (charrnn's TypeError and
+    ValueError kinds): primes are str (or a `LongText` read from a file), length an int >= 0,
+    sampling a `Sampling`, seed None or an int >= 0, stop None or a str."""
+    for i, prime in enumerate(primes):
+        if not isinstance(prime, str | LongText):
+            raise ArgumentTypeError(f"prime {i} must be a str, got {type(prime).__name__} {prime!r:.40}")
+    check_int(length, "length", 0)
+    if not isinstance(sampling, Sampling):
+        raise ArgumentTypeError(f"sampling must be a charrnn.Sampling, got {type(sampling).__name__}")
+    if seed is not None:
+        check_int(seed, "seed", 0)
+    if stop is not None:
+        check_str(stop, "stop")
 
 
 def load(path: str | Path | None = None) -> LanguageModel:

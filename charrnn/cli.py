@@ -14,15 +14,15 @@ import click
 from charrnn import __version__
 from charrnn.api import LanguageModel, load
 from charrnn.config import Config, load_yaml, parse_override
-from charrnn.data import UNITS, read_text, source_records, sources_from_args
-from charrnn.errors import CharRNNError
+from charrnn.data import UNITS, head, pieces, source_records, sources_from_args
+from charrnn.errors import CharRNNError, SignalError
 from charrnn.interop import export_safetensors, import_safetensors
 from charrnn.onnx_export import export_onnx
 from charrnn.plot import plot_runs
 from charrnn.runs import format_table, list_runs
 from charrnn.sample import Sampling
 from charrnn.train import train as train_run
-from charrnn.viz import write_page
+from charrnn.viz import MAX_VIZ_CHARS, write_page
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -37,6 +37,42 @@ class Duration(click.ParamType):
         if not match or float(match.group(1)) <= 0:
             self.fail(f"{value!r} is not a duration such as 90s, 10m or 2h", param, ctx)
         return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class OutputError(CharRNNError):
+    """Standard output failed (a full disk, an I/O error): the result is lost, so never exit 0."""
+
+
+class PipeClosed(Exception):  # noqa: N818 (not an error: the reader has all it wanted)
+    """The reader of standard output closed it (`| head`): stop quietly with 141, as SIGPIPE would."""
+
+
+class Stdout:
+    """Where a command writes its result: standard output, as UTF-8 (lone surrogates kept). A
+    closed standard output is an error before any work; a failed write (a full disk) is one
+    error line, exit 1; a reader that closed the pipe (`| head`) ends the command quietly."""
+
+    def __init__(self) -> None:
+        if sys.stdout is None:
+            raise CharRNNError("standard output is closed: there is nowhere to write the result")
+        self._out = sys.stdout.buffer
+        self.interactive = self._out.isatty()
+
+    def write(self, *texts: str) -> None:
+        for text in texts:
+            self._guard(self._out.write, text.encode("utf-8", "surrogateescape"))
+
+    def flush(self) -> None:
+        self._guard(self._out.flush)
+
+    @staticmethod
+    def _guard(call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except BrokenPipeError:
+            raise PipeClosed from None  # click would turn a BrokenPipeError into exit 1
+        except OSError as err:
+            raise OutputError(f"writing output: {err.strerror or err}") from None
 
 
 def _load_model(ctx: click.Context, param: click.Parameter, value: str | None) -> LanguageModel:
@@ -185,30 +221,24 @@ def sample(
     """Generate text from a trained model to standard output."""
     if prime_file is not None and (prime or num_samples > 1):
         raise click.UsageError("--prime-file takes the place of --prime and --num-samples")
+    out = Stdout()
     sampling = Sampling(temperature, top_k, top_p, greedy)
-    out = sys.stdout.buffer
     if prime_file is not None:
         primes = [line for line, _ in source_records(sources_from_args([prime_file]), "line")]
         for prime_text, text in zip(primes, lm.samples(primes, length, sampling, seed, stop), strict=True):
-            line = prime_text + text
-            out.write(_utf8(line if line.endswith("\n") else line + "\n"))
+            out.write(*pieces(prime_text), text, "" if text.endswith("\n") else "\n")  # one line per prime
             out.flush()
     elif num_samples == 1:
         chars = lm.stream(prime, length, sampling, seed, stop)
-        out.write(_utf8(prime))
-        interactive = out.isatty()
+        out.write(prime)
         for char in chars:
-            out.write(_utf8(char))
-            if interactive and char == "\n":
+            out.write(char)
+            if out.interactive and char == "\n":
                 out.flush()  # a person watching sees each line as it is generated
     else:
         for i, text in enumerate(lm.samples([prime] * num_samples, length, sampling, seed, stop)):
-            out.write(_utf8(("\n\n" if i else "") + prime + text))
+            out.write(("\n\n" if i else "") + prime + text)
     out.flush()
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
 
 
 @cli.command()
@@ -229,11 +259,12 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
     "text"} (and "file" with --by file). A record with characters the model never saw scores
     inf (null in JSON); an empty one nan (null).
     """
+    out = Stdout()
     unknown = 0
-    out = sys.stdout.buffer
     for result in lm.score_sources(sources_from_args(files or ("-",)), by):
-        out.write(_utf8((result.to_json() if as_json else result.to_tsv()) + "\n"))
+        out.write(*(result.json_pieces() if as_json else result.tsv_pieces()), "\n")
         unknown += result.unknown > 0
+    out.flush()
     if unknown:
         click.echo(f"charrnn: {unknown} record(s) hold characters the model never saw (scored inf)", err=True)
 
@@ -247,14 +278,16 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
 )
 def eval_(files: tuple[str, ...], lm: LanguageModel, as_json: bool, seq_len: int) -> None:
     """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity."""
-    result = lm.evaluate(read_text(sources_from_args(files)), seq_len)
+    out = Stdout()
+    result = lm.evaluate_sources(sources_from_args(files), seq_len)
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        out.write(json.dumps(result.to_dict()), "\n")
     else:
-        click.echo(
+        out.write(
             f"loss        {result.loss:.4f} nats/char\nbpc         {result.bpc:.4f}\n"
-            f"perplexity  {result.perplexity:.4f}\nchars       {result.chars}"
+            f"perplexity  {result.perplexity:.4f}\nchars       {result.chars}\n"
         )
+    out.flush()
 
 
 EXPORTERS = {".safetensors": export_safetensors, ".onnx": export_onnx}
@@ -321,14 +354,15 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def runs(root: Path, as_json: bool) -> None:
     """List the run directories under ROOT, newest first: model, steps, losses, speed, state."""
+    out = Stdout()
     rows = list_runs(root)
     if as_json:
-        for row in rows:
-            click.echo(json.dumps(row.to_dict()))
+        out.write(*(json.dumps(row.to_dict()) + "\n" for row in rows))
     elif rows:
-        click.echo(format_table(rows))
+        out.write(format_table(rows), "\n")
     else:
         click.echo(f"no runs under {root}/", err=True)
+    out.flush()
 
 
 @cli.command()
@@ -337,11 +371,16 @@ def runs(root: Path, as_json: bool) -> None:
 @click.option(
     "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HTML page to write."
 )
-@click.option("--chars", type=click.IntRange(min=1), default=5000, help="Read only the first N characters of the text.")
+@click.option(
+    "--chars",
+    type=click.IntRange(min=1, max=MAX_VIZ_CHARS),
+    default=5000,
+    help=f"Read only the first N characters of the text (at most {MAX_VIZ_CHARS:,}).",
+)
 def viz(files: tuple[str, ...], lm: LanguageModel, out: Path, chars: int) -> None:
     """Write one self-contained HTML page that shows the model reading FILES (or -): its surprise
     at each character, every hidden unit, and the units that track features of the text."""
-    text = read_text(sources_from_args(files))[:chars]
+    text = head(sources_from_args(files), chars)
     if not text:
         raise click.UsageError("the text is empty")
     write_page(lm, text, out)
@@ -367,14 +406,19 @@ def run(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         _error(err.format_message())
         return err.exit_code
+    except SignalError as err:  # a clean stop, not an error
+        click.echo(f"charrnn: {str(err).translate(_CONTROL)}", err=True)
+        return err.exit_code
     except CharRNNError as err:
+        if isinstance(err, OutputError):
+            _discard_stdout()
         _error(str(err))
         return err.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("charrnn: interrupted", err=True)
         return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except (PipeClosed, BrokenPipeError):
+        _discard_stdout()
         return 141
     except MemoryError:
         _error("out of memory; try a smaller model or batch")
@@ -384,6 +428,11 @@ def run(argv: list[str] | None = None) -> int:
             raise
         _error("a file name contains a NUL byte")
         return 2
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit cannot fail a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
 MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
+MAX_CHUNK = 100_000_000  # characters in one training step (B * T): more cannot fit in memory
 
 
 @dataclass
@@ -134,7 +135,10 @@ def validate(config: Config) -> None:
     _check(approx_params <= MAX_PARAMS, "model.hidden_size", "small enough to fit in memory", m.hidden_size)
     for key in ("batch_size", "seq_len", "lr_decay_every", "eval_every", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key}", ">= 1", getattr(t, key))
-    _check(t.batch_size * t.seq_len <= 100_000_000, "train.batch_size", "small enough that B * T fits", t.batch_size)
+    for key in ("batch_size", "seq_len"):
+        _check(getattr(t, key) <= MAX_CHUNK, f"train.{key}", f"<= {MAX_CHUNK:,}", getattr(t, key))
+    chunk = t.batch_size * t.seq_len
+    _check(chunk <= MAX_CHUNK, "train.batch_size * train.seq_len", f"<= {MAX_CHUNK:,} characters per step", chunk)
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", " | ".join(OPTIMIZERS), t.optimizer)
     _check(t.lr > 0, "train.lr", "> 0", t.lr)
     _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)

@@ -4,7 +4,8 @@
 does not grow with the corpus. For file corpora the ids go to `<cache_dir>/corpus-<key>.npy`
 with a `.json` beside it (the character set, the vocabulary used, the count); the key hashes
 each file's absolute path, size and mtime, so an edited file is re-encoded. A cached array is
-reused only if it was encoded with the vocabulary now wanted. Standard input is encoded in memory.
+reused only if it was encoded with the vocabulary now wanted. Standard input and other streams (a
+FIFO, process substitution) are read into memory and encoded there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ CACHE_GLOB = f"{CACHE_PREFIX}*"
 
 def _key(sources: Sequence[Source]) -> str | None:
     """Identity of file sources by path, size and mtime; None if any source is not a file."""
-    if any(s.path is None for s in sources):
+    if any(s.path is None or not s.rereadable for s in sources):
         return None
     parts = []
     for s in sources:
@@ -67,6 +68,7 @@ def load_ids(sources: Sequence[Source], vocab: Vocab | None, cache_dir: Path | N
     """
     key = _key(sources) if cache_dir is not None else None
     if key is None:
+        sources = [source.buffered() for source in sources]  # two passes: the characters, then the ids
         chars, count = scan(sources)
         _check_nonempty(count)
         wanted = _wanted(chars, vocab)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +42,36 @@ def evaluate(model: CharRNN, ids: np.ndarray, streams: int = 1, seq_len: int = 2
     S = max(1, min(streams, len(ids) - 1))
     L = (len(ids) - 1) // S
     inputs, targets = ids[: S * L].reshape(S, L), ids[1 : S * L + 1].reshape(S, L)
-    state = model.initial_state(S)
+    total, _ = sum_xent(model, inputs, targets, model.initial_state(S), seq_len, reuse_weights=False)
+    return EvalResult(loss=total / (S * L), chars=S * L)
+
+
+def evaluate_blocks(model: CharRNN, blocks: Iterable[np.ndarray], seq_len: int = 256) -> EvalResult:
+    """`evaluate` with one stream over the concatenation of id `blocks`, read as they come (a
+    file's blocks, encoded), the state and the last id carried across blocks: the same loss, in
+    memory that does not grow with the text."""
+    state, total, count, last = model.initial_state(1), 0.0, 0, np.zeros(0, np.int64)
+    for block in blocks:
+        ids = np.concatenate([last, block]).astype(np.int64)
+        if len(ids) >= 2:
+            part, state = sum_xent(model, ids[None, :-1], ids[None, 1:], state, seq_len, reuse_weights=count > 0)
+            total, count = total + part, count + len(ids) - 1
+        last = ids[-1:]
+    if count == 0:
+        raise CharRNNError(f"text to evaluate has {len(last)} characters; at least 2 are needed")
+    return EvalResult(loss=total / count, chars=count)
+
+
+def sum_xent(
+    model: CharRNN, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray, seq_len: int, reuse_weights: bool
+) -> tuple[float, np.ndarray]:
+    """Summed cross-entropy of S streams: inputs and targets (S, L) ids, state (L, S, B, H) at
+    their start, `seq_len` steps per forward call. Returns the sum (nats) and the final state."""
     V = model.shape.vocab_size
     total = 0.0
-    for start in range(0, L, seq_len):
+    for start in range(0, inputs.shape[1], seq_len):
         x = np.ascontiguousarray(inputs[:, start : start + seq_len].T, dtype=np.int64)
         y = np.ascontiguousarray(targets[:, start : start + seq_len].T, dtype=np.int64)
-        logits, state = model.logits(x, state, reuse_weights=start > 0)
+        logits, state = model.logits(x, state, reuse_weights=reuse_weights or start > 0)
         total += xent_sum(logits.reshape(V, -1), y.reshape(-1))
-    return EvalResult(loss=total / (S * L), chars=S * L)
+    return total, state

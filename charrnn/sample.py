@@ -5,6 +5,10 @@ zero state fed one newline, so a sample begins as if at the start of a line, wha
 batch. Randomness is counter-based: the draw for stream s's k-th character is a hash of
 (seed, s, k), so a stream's text depends on its seed, its prime and its index alone, never on
 how many other streams ran beside it or in which batch.
+
+A prime longer than `LONG_PRIME` characters is fed alone first, piece by piece with the state
+carried (`prime_state`), so a prime of any length costs flat memory; its stream then joins the
+batch with only the prime's last character left to feed.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.errors import InvalidUsageError
+from charrnn.data import Text, pieces
+from charrnn.errors import ArgumentTypeError, ArgumentValueError, InvalidUsageError, check_int, check_number
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
 BATCH_STREAMS = 1024  # streams generated together; more samples are generated batch after batch
+LONG_PRIME = 1 << 16  # characters past which a prime is fed alone, piece by piece
+PRIME_CHUNK_STEPS = 1024  # steps per forward call while feeding such a prime
 
 
 @dataclass(frozen=True)
@@ -36,12 +43,14 @@ class Sampling:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise InvalidUsageError(f"temperature must be a positive number, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidUsageError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidUsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        temperature, top_p = check_number(self.temperature, "temperature"), check_number(self.top_p, "top_p")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ArgumentValueError(f"temperature must be a positive number, got {temperature}")
+        check_int(self.top_k, "top_k", 0)
+        if not 0 < top_p <= 1:
+            raise ArgumentValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not isinstance(self.greedy, bool):
+            raise ArgumentTypeError(f"greedy must be True or False, got {self.greedy!r:.40}")
 
 
 _MASK64 = (1 << 64) - 1
@@ -92,11 +101,39 @@ def next_ids(logits: np.ndarray, u: np.ndarray, sampling: Sampling = Sampling())
     return np.minimum(picks, cdf.shape[1] - 1)
 
 
-def contexts_for(vocab: Vocab, primes: Sequence[str]) -> list[np.ndarray]:
-    """What each stream is fed before its first generated character: the start id, then the
+def context_for(vocab: Vocab, prime: str) -> np.ndarray:
+    """What a stream is fed before its first generated character: the start id, then the
     prime's ids. A prime with characters outside the vocabulary fails here."""
-    start = np.array([vocab.start_id], np.int64)
-    return [np.concatenate([start, vocab.encode(p).astype(np.int64)]) for p in primes]
+    return np.concatenate([[vocab.start_id], vocab.encode(prime)]).astype(np.int64)
+
+
+def prime_state(model: CharRNN, vocab: Vocab, prime: Text) -> tuple[np.ndarray, np.ndarray]:
+    """Feed the start id and all of `prime` but its last character, piece by piece with the
+    state carried. Returns the state (L, S, 1, H) and what is left to feed: the last id (1,)."""
+    state, last, fed = model.initial_state(1), np.array([vocab.start_id], np.int64), 0
+    for piece in pieces(prime):
+        seq = np.concatenate([last, vocab.encode(piece)]).astype(np.int64)
+        for start in range(0, len(seq) - 1, PRIME_CHUNK_STEPS):
+            chunk = seq[start : min(start + PRIME_CHUNK_STEPS, len(seq) - 1)]
+            _, state = model.logits(chunk[:, None], state, reuse_weights=fed > 0)
+            fed += len(chunk)
+        last = seq[-1:]
+    return state, last
+
+
+def starts(model: CharRNN, vocab: Vocab, primes: Sequence[Text]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Where each stream starts: its context (ids still to feed) and the initial states
+    (L, S, N, H). A short prime's context is `context_for` it, from the zero state; a long one
+    has been fed by `prime_state`."""
+    contexts, state0 = [], model.initial_state(len(primes))
+    for i, prime in enumerate(primes):
+        if len(prime) > LONG_PRIME:
+            state, context = prime_state(model, vocab, prime)
+            state0[:, :, i] = state[:, :, 0]
+        else:
+            context = context_for(vocab, prime)  # type: ignore[arg-type] (a short prime is a str)
+        contexts.append(context)
+    return contexts, state0
 
 
 def generate_ids(
@@ -107,10 +144,12 @@ def generate_ids(
     key: int = 0,
     stop: np.ndarray | None = None,
     first_stream: int = 0,
+    state0: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Generate up to `length` ids after each context, all streams in one batched loop.
 
-    Inputs: contexts, N arrays of ids (each >= 1 long; see `contexts_for`); `key` from
+    Inputs: contexts, N arrays of ids (each >= 1 long) and the states (L, S, N, H) they start
+    from (None: zero; see `starts`); `key` from
     `seed_key`; stop (K,) ids that end a stream once generated (they are yielded); stream i
     draws as stream `first_stream + i`. Contexts may differ in length: a stream still reading
     its context is fed its next context id while the others are fed their last sample.
@@ -126,7 +165,7 @@ def generate_ids(
     for i, c in enumerate(contexts):
         padded[: len(c), i] = c
     common = int(lens.min())
-    logits, state = model.logits(padded[:common], model.initial_state(N))
+    logits, state = model.logits(padded[:common], model.initial_state(N) if state0 is None else state0)
     last = logits[:, -1]  # (V, n): the logits after each live stream's latest input
     alive = np.arange(N)  # stream indices still generating
     made = np.zeros(N, np.int64)  # characters generated per stream
@@ -160,7 +199,7 @@ def generate_ids(
 def generate(
     model: CharRNN,
     vocab: Vocab,
-    primes: Sequence[str],
+    primes: Sequence[Text],
     length: int,
     sampling: Sampling = Sampling(),
     seed: int | None = None,
@@ -172,14 +211,15 @@ def generate(
     if it generated it, and holds at most `length` characters. Bad primes or a bad stop text
     fail here, before anything is generated."""
     for prime in primes:
-        vocab.encode(prime)
+        for piece in pieces(prime):
+            vocab.encode(piece)
     return _batches(model, vocab, primes, length, sampling, seed_key(seed), stop_ids_for(vocab, stop), batch_streams)
 
 
 def _batches(
     model: CharRNN,
     vocab: Vocab,
-    primes: Sequence[str],
+    primes: Sequence[Text],
     length: int,
     sampling: Sampling,
     key: int,
@@ -189,7 +229,8 @@ def _batches(
     for first in range(0, len(primes), batch_streams):
         batch = primes[first : first + batch_streams]
         out: list[list[int]] = [[] for _ in batch]
-        for who, ids in generate_ids(model, contexts_for(vocab, batch), length, sampling, key, stop_ids, first):
+        contexts, state0 = starts(model, vocab, batch)
+        for who, ids in generate_ids(model, contexts, length, sampling, key, stop_ids, first, state0):
             for i, char_id in zip(who.tolist(), ids.tolist(), strict=True):
                 out[i].append(char_id)
         yield from (vocab.decode(ids) for ids in out)
@@ -198,7 +239,7 @@ def _batches(
 def stream(
     model: CharRNN,
     vocab: Vocab,
-    prime: str,
+    prime: Text,
     length: int,
     sampling: Sampling = Sampling(),
     seed: int | None = None,
@@ -206,16 +247,19 @@ def stream(
 ) -> Iterator[str]:
     """One sample, character by character as it is generated (the text of `generate`'s first
     prime). A bad prime or stop text fails here, before anything is generated."""
-    steps = generate_ids(
-        model, contexts_for(vocab, [prime]), length, sampling, seed_key(seed), stop_ids_for(vocab, stop)
-    )
+    stop_ids = stop_ids_for(vocab, stop)
+    contexts, state0 = starts(model, vocab, [prime])
+    steps = generate_ids(model, contexts, length, sampling, seed_key(seed), stop_ids, state0=state0)
     return (vocab.chars[int(ids[0])] for _, ids in steps)
 
 
 def stop_ids_for(vocab: Vocab, stop: str | None) -> np.ndarray | None:
-    """The ids of a stop text; one the model cannot generate is a usage error."""
-    if not stop:
+    """The ids of a stop text (None: no stop); an empty one, or one the model cannot generate, is
+    a usage error."""
+    if stop is None:
         return None
+    if not stop:
+        raise InvalidUsageError("the stop text is empty; leave it out for no stop")
     unknown = set(stop) - set(vocab.chars)
     if unknown:
         raise InvalidUsageError(f"the stop text has characters the model never generates: {sorted(unknown)}")

@@ -9,7 +9,10 @@ Records are read as the input comes, a block at a time; inside a block they are 
 length and cut into batches of similar length, each run as parallel streams (right-padded;
 padding positions come after a record's end, so they cannot change its loss), in chunks of
 `CHUNK_STEPS` steps with the state carried. Results come out in input order, block by block,
-so memory depends on the block size, not on the input's.
+so memory depends on the block size, not on the input's. A record longer than `LONG_RECORD`
+characters (a huge line, a whole file) runs alone, piece by piece, with the state carried
+(`long_nll`); read from a source, it waits in a temporary file (`charrnn.data.LongText`), and
+its output is written piece by piece: memory stays flat whatever the length of one record.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data import Source, source_records
+from charrnn.data import Source, Text, pieces, source_records
+from charrnn.evaluate import sum_xent
 from charrnn.layers.loss import log_softmax_at
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
@@ -31,6 +35,8 @@ MAX_STREAMS = 256  # streams per batch (measured fastest with CHUNK_STEPS for a 
 LOGIT_BUDGET = 1 << 22  # logits per forward call (16 MiB of float32): fewer streams for large vocabularies
 BLOCK_RECORDS = 4096  # records read before a block is scored
 BLOCK_CHARS = 1 << 20  # ... or characters
+LONG_RECORD = 1 << 16  # characters past which a record is scored on its own, piece by piece
+LONG_CHUNK_STEPS = 1024  # steps per forward call for such a record (one stream)
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class RecordScore:
     """One record's score. `loss` is nats per character: `inf` when the record holds characters
     outside the vocabulary (`unknown` counts them), `nan` for an empty record."""
 
-    text: str
+    text: Text
     loss: float
     chars: int
     unknown: int = 0
@@ -48,30 +54,35 @@ class RecordScore:
     def bpc(self) -> float:
         return self.loss / math.log(2)
 
+    def tsv_pieces(self) -> Iterator[str]:
+        """`loss<TAB>chars<TAB>text`, with backslash, tab, CR and newline in the text escaped, in
+        pieces (a long record's text is never one string)."""
+        yield f"{self.loss:.6f}\t{self.chars}\t"
+        for piece in pieces(self.text):
+            yield piece.translate(_ESCAPES)
+
+    def json_pieces(self) -> Iterator[str]:
+        """One JSON object {"loss", "bpc", "chars", "unknown", "text"[, "file"]}, in pieces; loss
+        and bpc are null where they are not finite (empty, unknown)."""
+        finite = math.isfinite(self.loss)
+        head = {"loss": self.loss if finite else None, "bpc": self.bpc if finite else None}
+        head |= {"chars": self.chars, "unknown": self.unknown}
+        yield json.dumps(head, ensure_ascii=False)[:-1] + ', "text": "'
+        for piece in pieces(self.text):
+            yield json.dumps(piece, ensure_ascii=False)[1:-1]
+        yield '"' + ("" if self.file is None else f', "file": {json.dumps(self.file, ensure_ascii=False)}') + "}"
+
     def to_tsv(self) -> str:
-        """`loss<TAB>chars<TAB>text`, with backslash, tab, CR and newline in the text escaped."""
-        escaped = self.text.translate(_ESCAPES)
-        return f"{self.loss:.6f}\t{self.chars}\t{escaped}"
+        return "".join(self.tsv_pieces())
 
     def to_json(self) -> str:
-        """One JSON object; loss and bpc are null where they are not finite (empty, unknown)."""
-        finite = math.isfinite(self.loss)
-        record = {
-            "loss": self.loss if finite else None,
-            "bpc": self.bpc if finite else None,
-            "chars": self.chars,
-            "unknown": self.unknown,
-            "text": self.text,
-        }
-        if self.file is not None:
-            record["file"] = self.file
-        return json.dumps(record, ensure_ascii=False)
+        return "".join(self.json_pieces())
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def score_records(model: CharRNN, vocab: Vocab, records: Iterable[str]) -> Iterator[RecordScore]:
+def score_records(model: CharRNN, vocab: Vocab, records: Iterable[Text]) -> Iterator[RecordScore]:
     """The score of every record, in input order, streaming (see the module docstring)."""
     return (score for scores in _blocks(model, vocab, ((r, None) for r in records)) for score in scores)
 
@@ -82,8 +93,8 @@ def score_sources(model: CharRNN, vocab: Vocab, sources: Sequence[Source], by: s
     return (score for scores in _blocks(model, vocab, named) for score in scores)
 
 
-def _blocks(model: CharRNN, vocab: Vocab, records: Iterable[tuple[str, str | None]]) -> Iterator[list[RecordScore]]:
-    block: list[tuple[str, str | None]] = []
+def _blocks(model: CharRNN, vocab: Vocab, records: Iterable[tuple[Text, str | None]]) -> Iterator[list[RecordScore]]:
+    block: list[tuple[Text, str | None]] = []
     chars = 0
     for record in records:
         block.append(record)
@@ -95,13 +106,20 @@ def _blocks(model: CharRNN, vocab: Vocab, records: Iterable[tuple[str, str | Non
         yield _score_block(model, vocab, block)
 
 
-def _score_block(model: CharRNN, vocab: Vocab, block: Sequence[tuple[str, str | None]]) -> list[RecordScore]:
-    lengths = [len(text) for text, _ in block]
-    ids = np.split(vocab.lookup("".join(text for text, _ in block)), np.cumsum(lengths)[:-1])
-    unknown = [int((i < 0).sum()) for i in ids]
+def _score_block(model: CharRNN, vocab: Vocab, block: Sequence[tuple[Text, str | None]]) -> list[RecordScore]:
     nll = np.full(len(block), np.nan)
-    nll[[k for k, u in enumerate(unknown) if u]] = np.inf
-    scorable = sorted((k for k, i in enumerate(ids) if len(i) and not unknown[k]), key=lambda k: len(ids[k]))
+    unknown = [0] * len(block)
+    short = [k for k, (text, _) in enumerate(block) if len(text) <= LONG_RECORD]
+    for k, (text, _) in enumerate(block):
+        if len(text) > LONG_RECORD:
+            nll[k], unknown[k] = long_nll(model, vocab, text)
+    lengths = [len(block[k][0]) for k in short]
+    joined = "".join(block[k][0] for k in short)  # type: ignore[misc] (short records are strings)
+    ids = dict(zip(short, np.split(vocab.lookup(joined), np.cumsum(lengths)[:-1]), strict=True))
+    for k, i in ids.items():
+        unknown[k] = int((i < 0).sum())
+        nll[k] = np.inf if unknown[k] else nll[k]
+    scorable = sorted((k for k, i in ids.items() if len(i) and not unknown[k]), key=lambda k: len(ids[k]))
     streams = max(1, min(MAX_STREAMS, LOGIT_BUDGET // (CHUNK_STEPS * len(vocab))))
     for first in range(0, len(scorable), streams):
         batch = scorable[first : first + streams]
@@ -110,6 +128,23 @@ def _score_block(model: CharRNN, vocab: Vocab, block: Sequence[tuple[str, str | 
         RecordScore(text, float(nll[k] / len(text)) if len(text) else math.nan, len(text), unknown[k], name)
         for k, (text, name) in enumerate(block)
     ]
+
+
+def long_nll(model: CharRNN, vocab: Vocab, text: Text) -> tuple[float, int]:
+    """Summed -log p of every character of one long record, read from the zero state after the
+    start id, piece by piece with the state and the last id carried: memory does not grow with
+    the record. Returns (nats, unknown characters); inf nats when any is unknown."""
+    state, last, total, unknown = model.initial_state(1), np.array([vocab.start_id], np.int64), 0.0, 0
+    fed = 0
+    for piece in pieces(text):
+        ids = vocab.lookup(piece)
+        unknown += int((ids < 0).sum())
+        if unknown or not len(ids):
+            continue  # unknown characters: the rest is only counted
+        seq = np.concatenate([last, ids])
+        part, state = sum_xent(model, seq[None, :-1], seq[None, 1:], state, LONG_CHUNK_STEPS, reuse_weights=fed > 0)
+        total, last, fed = total + part, seq[-1:], fed + len(ids)
+    return (math.inf if unknown else total), unknown
 
 
 def sequence_nll(model: CharRNN, start_id: int, sequences: Sequence[np.ndarray]) -> np.ndarray:

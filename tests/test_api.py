@@ -12,6 +12,7 @@ import pytest
 import charrnn
 from charrnn import Sampling
 from charrnn.config import build_config
+from charrnn.errors import CharRNNError
 from charrnn.model import init_params
 from charrnn.rundir import create_run
 from charrnn.vocab import Vocab
@@ -50,3 +51,30 @@ def test_load_reads_best_before_latest_and_without_a_path_the_newest_run(tmp_pat
         assert charrnn.load().path == Path("runs/old/best.npz")
     finally:
         os.chdir(cwd)
+
+
+NONSENSE = {
+    "negative length": (lambda lm: lm.sample("ab", -5), ValueError),
+    "length as a string": (lambda lm: lm.sample("ab", "10"), TypeError),
+    "a number as the prime": (lambda lm: lm.sample(-5), TypeError),
+    "temperature as a string": (lambda lm: lm.sample("ab", 5, temperature="hot"), TypeError),
+    "zero temperature": (lambda lm: lm.sample("ab", 5, temperature=0), ValueError),
+    "negative seed": (lambda lm: lm.sample("ab", 5, seed=-1), ValueError),
+    "a number as the stop": (lambda lm: lm.sample("ab", 5, stop=3), TypeError),
+    "one string as primes": (lambda lm: lm.samples("ab", 5), TypeError),
+    "a prefix of None": (lambda lm: lm.next_char_probs(None), TypeError),
+    "a text of None": (lambda lm: lm.score(None), TypeError),
+    "one string as records": (lambda lm: lm.score_records("abc"), TypeError),
+    "a number among records": (lambda lm: lm.score_records(["ab", 3]), TypeError),
+    "seq_len 0": (lambda lm: lm.evaluate("abc", seq_len=0), ValueError),
+    "an unknown record unit": (lambda lm: lm.score_sources([], by="word"), ValueError),
+}
+
+
+@pytest.mark.parametrize("case", NONSENSE)
+def test_nonsense_arguments_raise_charrnn_errors_that_are_type_or_value_errors(tmp_path: Path, case: str) -> None:
+    lm = charrnn.load(_run(tmp_path / "run", 0))
+    call, kind = NONSENSE[case]
+    with pytest.raises(kind) as raised:
+        call(lm)
+    assert isinstance(raised.value, CharRNNError)

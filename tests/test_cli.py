@@ -178,3 +178,81 @@ def test_every_cell_trains_resumes_samples_and_evaluates(tmp_path: Path, corpus:
     assert sample.returncode == 0 and len(sample.stdout.decode()) == 30
     ev = run_cli("eval", str(corpus), "-m", "run", "--json", cwd=tmp_path)
     assert ev.returncode == 0 and json.loads(ev.stdout)["loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with text.txt and run/, a few steps of a tiny model trained on it."""
+    folder = tmp_path_factory.mktemp("plumbing")
+    (folder / "text.txt").write_text("hello world\nhow are you\n" * 300)
+    proc = run_cli("train", "text.txt", "-o", "run", *TINY, "--steps", "5", "-q", cwd=folder)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return folder
+
+
+def _child(args: list[str], cwd: Path, close: int | None = None, stdout: object = subprocess.PIPE):
+    """charrnn ARGS with file descriptor `close` closed before it starts (`<&-`, `>&-`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        preexec_fn=None if close is None else (lambda: os.close(close)),
+        timeout=120,
+    )
+
+
+READ_STDIN = [["score", "-m", "run"], ["score", "-m", "run", "-"], ["eval", "-m", "run", "-"]]
+WRITE_STDOUT = [
+    ["sample", "-m", "run", "-n", "20"],
+    ["score", "-m", "run", "text.txt"],
+    ["eval", "-m", "run", "text.txt"],
+    ["eval", "-m", "run", "text.txt", "--json"],
+    ["runs", "."],
+]
+
+
+@pytest.mark.parametrize("args", [*READ_STDIN, ["sample", "-m", "run", "--prime-file", "-"]])
+def test_a_closed_standard_input_is_one_line_and_exit_2(tiny_run: Path, args: list[str]) -> None:
+    assert_clean_error(_child(args, tiny_run, close=0), 2, "standard input is closed")
+
+
+@pytest.mark.parametrize("args", WRITE_STDOUT)
+def test_a_closed_standard_output_is_one_line_and_never_exit_0(tiny_run: Path, args: list[str]) -> None:
+    assert_clean_error(_child(args, tiny_run, close=1), 1, "standard output is closed")
+
+
+@pytest.mark.parametrize("args", WRITE_STDOUT)
+def test_a_full_device_is_one_line_and_exit_1(tiny_run: Path, args: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = _child(args, tiny_run, stdout=full)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.splitlines() == ["charrnn: error: writing output: No space left on device"]
+
+
+@pytest.mark.parametrize("args", ["sample -m run -n 100000", "score -m run text.txt text.txt", "runs ."])
+def test_a_reader_closing_the_pipe_early_ends_it_quietly(tiny_run: Path, args: str) -> None:
+    proc = subprocess.run(
+        f"{sys.executable} -m charrnn {args} | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        cwd=tiny_run,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode in (0, 141) and proc.stderr == b""
+
+
+def test_process_substitution_and_fifos_are_read_as_streams(tiny_run: Path) -> None:
+    substituted = f"{sys.executable} -m charrnn score -m run <(printf 'hello\\nworld\\n')"
+    proc = subprocess.run(["bash", "-c", substituted], cwd=tiny_run, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [line.split(b"\t")[2] for line in proc.stdout.splitlines()] == [b"hello", b"world"]
+    fifo = tiny_run / "fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["bash", "-c", f"printf 'hello world\\n' > {fifo}"])
+    proc = run_cli("eval", "-m", "run", str(fifo), "--json", cwd=tiny_run)
+    writer.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["chars"] == len("hello world\n") - 1

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from charrnn.data import Batcher, Source, iter_text, read_text, sources_from_args, split_train_val
+from charrnn import data
+from charrnn.data import (
+    BLOCK_BYTES,
+    Batcher,
+    LongText,
+    Source,
+    head,
+    iter_text,
+    pieces,
+    sources_from_args,
+    split_records,
+    split_train_val,
+)
 from charrnn.errors import CharRNNError, InvalidUsageError
 
 
@@ -15,7 +31,7 @@ def test_invalid_utf8_reports_the_byte_offset(tmp_path: Path) -> None:
     path = tmp_path / "bad.txt"
     path.write_bytes("héllo ".encode() + b"\xff rest")
     with pytest.raises(CharRNNError, match=r"byte 0xff at offset 7"):
-        read_text([Source(str(path), path=path)])
+        list(iter_text(Source(str(path), path=path)))
 
 
 def test_bad_byte_offset_is_exact_across_block_boundaries() -> None:
@@ -33,6 +49,46 @@ def test_truncated_sequence_at_end_is_an_error() -> None:
 def test_multibyte_characters_split_across_blocks_decode() -> None:
     text = "안녕 😀 ünïcode " * 50
     assert "".join(iter_text(Source("x", data=text.encode()), block_bytes=5)) == text
+
+
+def test_head_reads_only_the_block_it_needs() -> None:
+    stream = io.BytesIO(b"x" * (3 * BLOCK_BYTES))
+    assert head([Source("<stdin>", stream=stream)], 10) == "x" * 10
+    assert stream.tell() == BLOCK_BYTES  # one block read of three
+    parts = [Source("a", data=b"abc"), Source("b", data=b"defgh")]
+    assert head(parts, 5) == "abcde" and head(parts, 100) == "abcdefgh"
+
+
+def test_a_record_past_the_spill_size_waits_in_a_file_and_reads_back_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "SPILL_CHARS", 10)
+    monkeypatch.setattr(data, "BLOCK_BYTES", 7)  # a LongText reads back in 7-byte blocks
+    long_line = "é😀" * 20 + "xyz"
+    blocks = ["ab\n", long_line[:15], long_line[15:], "\nshort\n\n", long_line, "\n"]
+    lines = list(split_records(blocks, "line"))
+    assert [isinstance(r, LongText) for r in lines] == [False, True, False, False, True]
+    assert ["".join(pieces(r)) for r in lines] == ["ab", long_line, "short", "", long_line]
+    assert len(lines[1]) == len(long_line)
+    paragraphs = list(split_records(blocks, "paragraph"))
+    assert ["".join(pieces(r)) for r in paragraphs] == [f"ab\n{long_line}\nshort", long_line]
+
+
+def test_a_fifo_is_a_stream_read_once_and_a_directory_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (source,) = sources_from_args([str(fifo)])
+    assert source.once and not source.rereadable
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"one\ntwo\n"))
+    writer.start()
+    assert source.buffered().data == b"one\ntwo\n"
+    writer.join()
+    with pytest.raises(InvalidUsageError, match="not a regular file or a stream"):
+        sources_from_args([str(tmp_path)])
+
+
+def test_closed_standard_input_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(InvalidUsageError, match="standard input is closed"):
+        sources_from_args(["-"])
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:

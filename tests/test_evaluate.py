@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_model
 
-from charrnn.evaluate import evaluate
+from charrnn.evaluate import evaluate, evaluate_blocks
 from charrnn.layers.loss import xent_sum
 
 
@@ -67,3 +67,14 @@ def test_one_stream_takes_the_same_path_as_a_batch(cell: str) -> None:
         alone, alone_state = model.logits(ids[:, b : b + 1], model.initial_state(1))
         np.testing.assert_allclose(alone[:, :, 0], batch[:, :, b], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(alone_state[..., 0, :], batch_state[..., b, :], rtol=1e-12, atol=1e-12)
+
+
+def test_evaluating_blocks_as_they_come_equals_one_pass_over_the_whole_text() -> None:
+    model = make_model("lstm", V=7)
+    ids = np.random.default_rng(3).integers(0, 7, 500)
+    whole = evaluate(model, ids, seq_len=64)
+    for cuts in ([1, 2, 3], [250], [0, 0, 7, 7, 499], list(range(0, 500, 33))):
+        blocks = np.split(ids, cuts)  # empty and one-id blocks included
+        streamed = evaluate_blocks(model, blocks, seq_len=64)
+        assert streamed.chars == whole.chars == 499
+        assert streamed.loss == pytest.approx(whole.loss, rel=1e-12)

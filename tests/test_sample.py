@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_model, run_cli
+from conftest import TINY, assert_clean_error, make_model, run_cli
 
 import charrnn
+from charrnn import data
 from charrnn import sample as sample_module
 from charrnn.errors import InvalidUsageError
 from charrnn.sample import Sampling, generate, next_ids, uniforms
@@ -201,3 +202,25 @@ def test_many_samples_are_generated_and_handed_out_batch_by_batch(monkeypatch: p
     calls = len(widths)
     rest = list(texts)
     assert len(rest) == 150 and max(widths[calls:]) == 100 and min(widths[calls:]) == 50
+
+
+def test_a_long_prime_is_fed_alone_in_pieces_and_continues_as_if_fed_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    vocab = Vocab.from_chars("abcdefg\n")
+    model = make_model("lstm", V=len(vocab), scale=1.0)
+    rng = np.random.default_rng(3)
+    primes = ["".join(rng.choice(list("abcdefg"), n)) for n in (300, 5, 120)]
+    whole = list(generate(model, vocab, primes, 40, Sampling(greedy=True), seed=1))
+    monkeypatch.setattr(sample_module, "LONG_PRIME", 100)
+    monkeypatch.setattr(sample_module, "PRIME_CHUNK_STEPS", 16)
+    monkeypatch.setattr(data, "BLOCK_CHARS", 37)
+    assert list(generate(model, vocab, primes, 40, Sampling(greedy=True), seed=1)) == whole
+    state, last = sample_module.prime_state(model, vocab, primes[0])
+    logits, _ = model.logits(last[:, None], state)
+    expected, _ = model.logits(np.array([[vocab.start_id, *vocab.encode(primes[0])]]).T, model.initial_state(1))
+    np.testing.assert_allclose(logits[:, -1], expected[:, -1], rtol=1e-12)
+
+
+def test_an_empty_stop_text_is_refused(run_dir: Path) -> None:
+    assert_clean_error(run_cli("sample", "-m", str(run_dir), "--stop", "", cwd=run_dir.parent), 2, "stop text is empty")
+    with pytest.raises(InvalidUsageError, match="stop text is empty"):
+        charrnn.load(run_dir).sample("", 10, stop="")

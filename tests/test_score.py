@@ -13,10 +13,11 @@ import pytest
 from conftest import make_model, run_cli
 
 import charrnn
+from charrnn import data
 from charrnn import score as score_module
-from charrnn.data import split_records
+from charrnn.data import LongText, split_records
 from charrnn.layers.loss import log_softmax_at
-from charrnn.score import score_records
+from charrnn.score import RecordScore, score_records
 from charrnn.vocab import Vocab
 
 
@@ -138,3 +139,31 @@ def test_python_api_matches_the_cli(dates_model: Path, tmp_path: Path) -> None:
     # next_char_probs and score agree: the loss of one character is -log of its probability
     first = lm.next_char_probs("")
     assert lm.score("2") == pytest.approx(-math.log(first["2"]), rel=1e-5)
+
+
+def test_a_long_record_runs_alone_piece_by_piece_and_scores_as_the_definition(monkeypatch) -> None:
+    vocab = Vocab.from_chars("abcdefg\n")
+    model = make_model("gru", V=len(vocab), scale=1.0)
+    monkeypatch.setattr(score_module, "LONG_RECORD", 50)
+    monkeypatch.setattr(score_module, "LONG_CHUNK_STEPS", 16)
+    monkeypatch.setattr(data, "BLOCK_CHARS", 37)  # pieces that cut the record anywhere
+    rng = np.random.default_rng(1)
+    long = "".join(rng.choice(list("abcdefg"), 300))
+    records = ["abc", long, long[:100] + "z" + long[:100] + "zz", "", long[:60]]
+    scores = list(score_records(model, vocab, records))
+    for k in (0, 1, 4):
+        assert scores[k].loss == pytest.approx(_one_stream_nll(model, vocab, records[k]), rel=1e-9)
+    assert scores[2].loss == math.inf and scores[2].unknown == 3 and scores[2].chars == 203
+    assert math.isnan(scores[3].loss)
+
+
+def test_a_record_kept_in_a_file_is_written_as_it_would_be_whole(monkeypatch) -> None:
+    monkeypatch.setattr(data, "BLOCK_BYTES", 7)  # read back in pieces that split characters
+    text = 'tab\there, "quoted" \\ back\\slash\r\né😀 ' * 5
+    long = LongText()
+    long.append(text)
+    whole, kept = (RecordScore(t, 1.25, len(text), 0, "f.txt") for t in (text, long))
+    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+    assert kept.to_tsv() == whole.to_tsv() == f"1.250000\t{len(text)}\t{escaped}"
+    record = {"loss": 1.25, "bpc": 1.25 / math.log(2), "chars": len(text), "unknown": 0, "text": text, "file": "f.txt"}
+    assert kept.to_json() == whole.to_json() == json.dumps(record, ensure_ascii=False)

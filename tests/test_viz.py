@@ -183,3 +183,13 @@ def test_chars_limits_the_text(lstm_page, tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("He said hi. " * 100)
     proc = run_cli("viz", "-m", run, "t.txt", "-o", "p.html", "--chars", "50", cwd=tmp_path)
     assert proc.returncode == 0 and "50 characters" in proc.stderr.decode()
+    assert_clean_error(run_cli("viz", "-m", run, "t.txt", "-o", "q.html", "--chars", "50001", cwd=tmp_path), 2, "50000")
+
+
+def test_only_the_shown_text_is_read(lstm_page, tmp_path: Path) -> None:
+    """Bytes past the first block are never read: here they are not even UTF-8."""
+    with open(tmp_path / "big.txt", "wb") as f:
+        f.write(b"He said hi. " * 800_000)  # 9.6 MB: more than one block of 4 MiB
+        f.write(b"\xff not UTF-8")
+    proc = run_cli("viz", "-m", str(lstm_page[0].parent / "run"), "big.txt", "-o", "p.html", cwd=tmp_path)
+    assert proc.returncode == 0 and "5,000 characters" in proc.stderr.decode(), proc.stderr.decode()
