@@ -5,7 +5,7 @@ Entries: `meta` (UTF-8 JSON as uint8 bytes), `param.<name>` for every parameter,
 optimizer starts fresh), `carry` the hidden state carried between
 chunks `(L, S, B, H)`. `meta` holds `format`, `format_version`, `vocab` (characters in id
 order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng`, `best_val_loss`,
-`evals_since_best`, `val_fingerprint` and `lr_horizon`.
+`evals_since_best`, `val_fingerprint`, `lr_horizon` and `torch_rng` (the torch engine's generator).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def training_meta(
     evals_since_best: int = 0,
     val_fingerprint: str | None = None,
     lr_horizon: int | None = None,
+    torch_rng: list[int] | None = None,
 ) -> dict[str, Any]:
     """The `meta` of a checkpoint (see the module docstring); the defaults are a run's start."""
     return {
@@ -80,6 +81,7 @@ def training_meta(
         "evals_since_best": evals_since_best,
         "val_fingerprint": val_fingerprint,
         "lr_horizon": lr_horizon,
+        "torch_rng": torch_rng,
     }
 
 

@@ -13,8 +13,9 @@ import click
 
 from charrnn import __version__
 from charrnn.api import LanguageModel, load
-from charrnn.config import Config, load_yaml, parse_override
+from charrnn.config import ENGINES, Config, load_yaml, parse_override
 from charrnn.data import UNITS, head, pieces, source_records, sources_from_args
+from charrnn.distributed import World
 from charrnn.errors import CharRNNError, SignalError
 from charrnn.interop import export_safetensors, import_safetensors
 from charrnn.onnx_export import export_onnx
@@ -135,6 +136,8 @@ def _config_keys_help() -> str:
 )
 @click.option("--time", "time_limit", type=Duration(), help="Stop cleanly after this wall time (90s, 10m, 2h).")
 @click.option("--seed", type=click.IntRange(min=0), help="Shortcut for --set train.seed=N.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Shortcut for --set train.engine=NAME.")
+@click.option("--device", help="Shortcut for --set train.device=DEVICE (torch engine: cpu, cuda, cuda:N, mps).")
 @click.option("--fresh", is_flag=True, help="Start over even if the run directory has a checkpoint.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; a few plain log lines.")
 def train(
@@ -145,6 +148,8 @@ def train(
     steps: int | None,
     time_limit: float | None,
     seed: int | None,
+    engine: str | None,
+    device: str | None,
     fresh: bool,
     quiet: bool,
 ) -> None:
@@ -154,8 +159,8 @@ def train(
     """
     layers: list[dict[str, Any]] = [load_yaml(config_file)] if config_file else []
     layers += [parse_override(text) for text in overrides]
-    if seed is not None:
-        layers.append({"train": {"seed": seed}})
+    shortcuts = {"seed": seed, "engine": engine, "device": device}
+    layers += [{"train": {key: value}} for key, value in shortcuts.items() if value is not None]
     sources = sources_from_args(corpus)
     train_run(
         sources,
@@ -406,13 +411,15 @@ def run(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         _error(err.format_message())
         return err.exit_code
-    except SignalError as err:  # a clean stop, not an error
-        click.echo(f"charrnn: {str(err).translate(_CONTROL)}", err=True)
+    except SignalError as err:  # a clean stop, not an error; under torchrun, rank 0 says it
+        if World.current().is_main:
+            click.echo(f"charrnn: {str(err).translate(_CONTROL)}", err=True)
         return err.exit_code
     except CharRNNError as err:
         if isinstance(err, OutputError):
             _discard_stdout()
-        _error(str(err))
+        world = World.current()
+        _error(str(err) if world.is_main else f"(rank {world.rank}) {err}")
         return err.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("charrnn: interrupted", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ CELLS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
+ENGINES = ("numpy", "torch")
+DEVICE = r"auto|cpu|cuda(:\d+)?|mps"
 MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
 MAX_CHUNK = 100_000_000  # characters in one training step (B * T): more cannot fit in memory
 
@@ -59,6 +62,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     seed: int = 1234  # initialisation, dropout, and everything random
     dtype: str = "float32"  # float32 | float64
+    engine: str = "numpy"  # numpy | torch (PyTorch: a GPU, or many processes under torchrun)
+    device: str = "auto"  # torch engine: auto (CUDA when torch sees one, else CPU) | cpu | cuda | cuda:N | mps
 
     def optimizer_settings(self) -> OptimizerSettings:
         return OptimizerSettings(self.optimizer, self.beta1, self.beta2, self.eps, self.momentum, self.weight_decay)
@@ -157,6 +162,8 @@ def validate(config: Config) -> None:
     _check(t.eval_chars >= 0, "train.eval_chars", ">= 0", t.eval_chars)
     _check(t.seed >= 0, "train.seed", ">= 0", t.seed)
     _check(t.dtype in DTYPES, "train.dtype", " | ".join(DTYPES), t.dtype)
+    _check(t.engine in ENGINES, "train.engine", " | ".join(ENGINES), t.engine)
+    _check(re.fullmatch(DEVICE, t.device) is not None, "train.device", "auto | cpu | cuda | cuda:N | mps", t.device)
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from types import ModuleType
 
 from charrnn.errors import CharRNNError
 
-PACKAGES = {"plot": "matplotlib", "export": "safetensors, onnx and onnxruntime"}
+PACKAGES = {"plot": "matplotlib", "export": "safetensors, onnx and onnxruntime", "torch": "PyTorch"}
 
 
 def require(module: str, extra: str) -> ModuleType:

@@ -49,17 +49,23 @@ class Event:
 
 class MetricsLog:
     """metrics.jsonl open for appending, one flushed line per event. A line cut short by a
-    killed run is ended first, so that the next event starts a line of its own."""
+    killed run is ended first, so that the next event starts a line of its own. With no path
+    (a process that does not write the run), events go nowhere."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        self._file = open(os.devnull, "w") if path is None else self._open(path)  # noqa: SIM115
+
+    @staticmethod
+    def _open(path: Path) -> Any:
         cut_short = False
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
             if f.seek(0, os.SEEK_END) > 0:
                 f.seek(-1, os.SEEK_END)
                 cut_short = f.read(1) != b"\n"
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         if cut_short:
-            self._file.write("\n")
+            file.write("\n")
+        return file
 
     def write(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict()) + "\n")

@@ -18,11 +18,14 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Shows step, loss, val loss, chars/s and ETA. `bar=None` means: a bar only on a tty."""
+    """Shows step, loss, val loss, chars/s and ETA. `bar=None` means: a bar only on a tty;
+    `silent` shows nothing (torchrun's ranks other than 0)."""
 
-    def __init__(self, start: int, total: int, bar: bool | None = None, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        use_bar = stream.isatty() if bar is None else bar
+    def __init__(
+        self, start: int, total: int, bar: bool | None = None, stream: TextIO = sys.stderr, silent: bool = False
+    ) -> None:
+        self.stream, self.silent = stream, silent
+        use_bar = not silent and (stream.isatty() if bar is None else bar)
         self._bar = (
             tqdm(total=total, initial=start, file=stream, unit="step", dynamic_ncols=True, leave=True)
             if use_bar
@@ -32,6 +35,8 @@ class Progress:
 
     def log(self, message: str) -> None:
         """One line that does not break the bar."""
+        if self.silent:
+            return
         if self._bar is not None:
             self._bar.write(message, file=self.stream)
         else:
@@ -43,14 +48,19 @@ class Progress:
             self._bar.total = total
             self._bar.refresh()
 
-    def update(self, step: int, loss: float, chars_per_sec: float) -> None:
+    def update(self, step: int) -> None:
+        """The bar at `step` (nothing that would wait for an engine's numbers)."""
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def show(self, event: Event) -> None:
+        """A metrics event's numbers in the bar's postfix."""
         if self._bar is None:
             return
-        postfix = {"loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+        postfix = {"loss": f"{event.train_loss:.3f}", "chars/s": f"{event.chars_per_sec:,.0f}"}
         if self.val_loss is not None:
             postfix["val"] = f"{self.val_loss:.3f}"
         self._bar.set_postfix(postfix, refresh=False)
-        self._bar.update(step - self._bar.n)
 
     def evaluated(self, event: Event, eta: float | None) -> None:
         """A plain line per evaluation: step, losses, speed, time left."""

@@ -25,11 +25,12 @@ from charrnn.checkpoint import Checkpoint, training_meta
 from charrnn.config import Config, build_config
 from charrnn.corpus import load_ids
 from charrnn.data import Batcher, Source, split_train_val
+from charrnn.distributed import World
+from charrnn.engine import Engine, EngineState, NumpyEngine
 from charrnn.errors import InvalidUsageError, NonFiniteError, SignalError
-from charrnn.evaluate import evaluate
 from charrnn.metrics import Event, MetricsLog
-from charrnn.model import CharRNN, init_params
-from charrnn.optim import Optimizer, clip_by_global_norm, learning_rate
+from charrnn.model import ModelShape, init_params
+from charrnn.optim import learning_rate
 from charrnn.progress import Progress
 from charrnn.rundir import RunDir
 from charrnn.vocab import Vocab, describe_chars
@@ -37,16 +38,14 @@ from charrnn.vocab import Vocab, describe_chars
 
 @dataclass
 class TrainState:
-    """Everything that resume needs besides the corpus: the checkpoint's contents, live."""
+    """Everything that resume needs besides the corpus: the checkpoint's contents, live. The
+    weights, optimizer moments, carried state and random generators live in the engine."""
 
     config: Config
     vocab: Vocab
-    model: CharRNN
-    optimizer: Optimizer
-    rng: np.random.Generator  # dropout masks
+    engine: Engine
     step: int = 0
     cursor: int = 0  # next chunk of the epoch
-    carry: np.ndarray | None = None  # (L, S, B, H) state at the cursor
     best_val_loss: float | None = None
     evals_since_best: int = 0
     val_fingerprint: str | None = None  # which validation text best_val_loss was measured on
@@ -57,31 +56,43 @@ class TrainState:
         return learning_rate(self.config.train.schedule(), self.step, self.lr_horizon)
 
     def to_checkpoint(self) -> Checkpoint:
+        s = self.engine.state()
         meta = training_meta(
             self.config,
             self.vocab,
-            self.rng.bit_generator.state,
+            s.rng,
             self.step,
             self.cursor,
-            self.optimizer.t,
+            s.optimizer_t,
             self.best_val_loss,
             self.evals_since_best,
             self.val_fingerprint,
             self.lr_horizon,
+            s.torch_rng,
         )
-        return Checkpoint(self.model.params, meta, self.optimizer.state, self.carry)
+        return Checkpoint(s.params, meta, s.optim_state, s.carry)
+
+
+def _engine(config: Config, vocab: Vocab, state: EngineState) -> Engine:
+    """The engine that `train.engine` names, holding `state`."""
+    tc = config.train
+    shape, settings = config.model.shape(len(vocab)), tc.optimizer_settings()
+    if tc.engine == "torch":
+        from charrnn.torch_engine import TorchEngine  # imports torch: only for this engine
+
+        return TorchEngine(shape, settings, tc.grad_clip, state, tc.device)
+    return NumpyEngine(shape, settings, tc.grad_clip, state)
 
 
 def new_state(config: Config, vocab: Vocab) -> TrainState:
     """A freshly initialised model and optimizer."""
-    shape = config.model.shape(len(vocab))
     rng = np.random.default_rng(config.train.seed)
-    model = CharRNN(shape, init_params(shape, rng, np.dtype(config.train.dtype)))
-    return TrainState(config, vocab, model, Optimizer(config.train.optimizer_settings(), model.params), rng)
+    params = init_params(config.model.shape(len(vocab)), rng, np.dtype(config.train.dtype))
+    return TrainState(config, vocab, _engine(config, vocab, EngineState(params, {}, 0, None, rng.bit_generator.state)))
 
 
-def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
-    """The live state of a saved run, continued under `config` (same model, maybe new train keys)."""
+def check_resumable(ckpt: Checkpoint, config: Config) -> None:
+    """A saved run continues under `config` only with the same model, optimizer and dtype."""
     if vars(config.model) != vars(ckpt.config.model):
         raise InvalidUsageError(
             f"the run's model is {ckpt.config.model} but the config asks for {config.model}; "
@@ -89,22 +100,23 @@ def state_from_checkpoint(ckpt: Checkpoint, config: Config) -> TrainState:
         )
     if config.train.optimizer != ckpt.config.train.optimizer or config.train.dtype != ckpt.config.train.dtype:
         raise InvalidUsageError("train.optimizer and train.dtype cannot change on resume; use --fresh")
-    model = ckpt.model()
-    optimizer = Optimizer(config.train.optimizer_settings(), model.params)
-    if ckpt.optim_state:
-        optimizer.load_state(ckpt.optim_state, ckpt.meta["optimizer_t"])
-    rng = np.random.default_rng()
-    rng.bit_generator.state = ckpt.meta["rng"]
+
+
+def resume_state(ckpt: Checkpoint, config: Config, vocab: Vocab) -> TrainState:
+    """The live state of a saved run, continued under `config` (checked by `check_resumable`)
+    over `vocab`: the run's own, or that vocabulary with new characters appended."""
     meta = ckpt.meta
+    state = EngineState(
+        ckpt.params, ckpt.optim_state, meta["optimizer_t"], ckpt.carry, meta["rng"], meta.get("torch_rng")
+    )
+    if len(vocab) > len(ckpt.vocab):
+        state = grow_vocab(state, ckpt.shape, len(vocab))
     return TrainState(
         config,
-        ckpt.vocab,
-        model,
-        optimizer,
-        rng,
+        vocab,
+        _engine(config, vocab, state),
         meta["step"],
         meta["cursor"],
-        ckpt.carry,
         meta.get("best_val_loss"),
         meta.get("evals_since_best", 0),
         meta.get("val_fingerprint"),
@@ -116,30 +128,28 @@ def _grow(array: np.ndarray, axis: int, extra: np.ndarray) -> np.ndarray:
     return np.concatenate([array, extra.astype(array.dtype)], axis=axis)
 
 
-def grow_vocab(state: TrainState, vocab: Vocab) -> TrainState:
-    """Extend the model to a vocabulary that appends characters to the old one: new input rows
-    and output columns are initialised like fresh weights; their optimizer state starts at zero."""
-    old_v, new_v = len(state.vocab), len(vocab)
-    added = new_v - old_v
-    shape = replace(state.model.shape, vocab_size=new_v)
+def grow_vocab(state: EngineState, shape: ModelShape, vocab_size: int) -> EngineState:
+    """Extend a model of `shape` to a vocabulary that appends characters to its own: new input
+    rows and output columns are initialised like fresh weights (from the state's generator);
+    their optimizer state starts at zero."""
+    added = vocab_size - shape.vocab_size
     bound = 1.0 / math.sqrt(shape.hidden_size)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.rng
     axes = {"layers.0.W_xh": 0, "W_hy": 1, "b_y": 0}
-    params = dict(state.model.params)
+    params = dict(state.params)
     for name, axis in axes.items():
         extra_shape = list(params[name].shape)
         extra_shape[axis] = added
-        params[name] = _grow(params[name], axis, state.rng.uniform(-bound, bound, extra_shape))
-    model = CharRNN(shape, params)
-    optimizer = Optimizer(state.optimizer.settings, params)
-    for key, array in state.optimizer.state.items():
+        params[name] = _grow(params[name], axis, rng.uniform(-bound, bound, extra_shape))
+    optim_state = dict(state.optim_state)
+    for key, array in optim_state.items():
         name = key.split(".", 1)[1]
         if name in axes:
             pad = list(array.shape)
             pad[axes[name]] = added
-            array = _grow(array, axes[name], np.zeros(pad))
-        np.copyto(optimizer.state[key], array)
-    optimizer.t = state.optimizer.t
-    return replace(state, vocab=vocab, model=model, optimizer=optimizer)
+            optim_state[key] = _grow(array, axes[name], np.zeros(pad))
+    return replace(state, params=params, optim_state=optim_state, rng=rng.bit_generator.state)
 
 
 @dataclass
@@ -167,16 +177,34 @@ def train(
     Runs `steps` steps, or until `train.max_steps` in total, or until `time_limit` seconds,
     whichever comes first, then evaluates and saves.
     """
-    build_config(list(config_layers))  # a usage error must not leave an empty run directory behind
-    run = RunDir(run_dir).create()
-    with run.lock():
-        log = Progress(0, 0, bar=False).log
-        removed = run.remove_leftovers()
-        if removed:
-            log(f"removed {removed} temporary file(s) left by an interrupted run")
-        state, ids = _start(run, sources, config_layers, fresh, log)
-        run.write_config(state.config)
-        return _loop(state, ids, run, steps, time_limit, progress_bar)
+    asked = build_config(list(config_layers))  # a usage error must not leave an empty run directory behind
+    world = _join(asked)
+    run = RunDir(run_dir)
+    try:
+        if not world.is_main:  # torchrun's other ranks: read what rank 0 has prepared, write nothing
+            world.barrier()
+            state, ids = _start(run, sources, config_layers, fresh, lambda message: None)
+            return _loop(state, ids, run, steps, time_limit, progress_bar, world)
+        with run.create().lock():
+            log = Progress(0, 0, bar=False).log
+            removed = run.remove_leftovers()
+            if removed:
+                log(f"removed {removed} temporary file(s) left by an interrupted run")
+            state, ids = _start(run, sources, config_layers, fresh, log)
+            run.write_config(state.config)
+            world.barrier()
+            return _loop(state, ids, run, steps, time_limit, progress_bar, world)
+    finally:
+        world.leave()
+
+
+def _join(config: Config) -> World:
+    """This process's world: torchrun's process group when torchrun started it, else one process."""
+    if not World.launched():
+        return World.current()
+    if config.train.engine != "torch":
+        raise InvalidUsageError("training under torchrun needs the torch engine: -s train.engine=torch")
+    return World.join(config.train.device)
 
 
 def _start(
@@ -188,18 +216,25 @@ def _start(
         config = build_config(list(layers))
         ids, vocab = load_ids(sources, None, run.path)
         return new_state(config, vocab), ids
-    state = state_from_checkpoint(ckpt, build_config([ckpt.meta["config"], *layers]))
-    ids, vocab = load_ids(sources, state.vocab, run.path)
-    if len(vocab) > len(state.vocab):
-        log(f"vocabulary grew by {len(vocab) - len(state.vocab)}: {describe_chars(vocab.chars[len(state.vocab) :])}")
-        state = grow_vocab(state, vocab)
-    return state, ids
+    config = build_config([ckpt.meta["config"], *layers])
+    check_resumable(ckpt, config)
+    ids, vocab = load_ids(sources, ckpt.vocab, run.path)
+    if len(vocab) > len(ckpt.vocab):
+        log(f"vocabulary grew by {len(vocab) - len(ckpt.vocab)}: {describe_chars(vocab.chars[len(ckpt.vocab) :])}")
+    return resume_state(ckpt, config, vocab), ids
 
 
 def _loop(
-    state: TrainState, ids: np.ndarray, run: RunDir, steps: int | None, time_limit: float | None, bar: bool | None
+    state: TrainState,
+    ids: np.ndarray,
+    run: RunDir,
+    steps: int | None,
+    time_limit: float | None,
+    bar: bool | None,
+    world: World,
 ) -> TrainResult:
     tc = state.config.train
+    world.streams(tc.batch_size)  # a batch that torchrun's processes cannot share fails here
     train_ids, val_ids = split_train_val(ids, tc.val_fraction)
     val_ids = val_ids[: tc.eval_chars] if tc.eval_chars else val_ids
     batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
@@ -207,29 +242,34 @@ def _loop(
     clock = Clock(time_limit, state.step, fixes_horizon=time_limit is not None and steps is None)
     window = Window(tc.batch_size * tc.seq_len)
     val_loss, saved_at = None, -1
-    with Progress(state.step, max(target, state.step), bar=bar) as progress, MetricsLog(run.metrics) as metrics:
+    with (
+        Progress(state.step, max(target, state.step), bar=bar, silent=not world.is_main) as progress,
+        MetricsLog(run.metrics if world.is_main else None) as metrics,
+    ):
         _align(state, batcher, val_ids, progress.log)
-        progress.log(_describe(state, len(train_ids), len(val_ids), target, run))
+        progress.log(_describe(state, len(train_ids), len(val_ids), target, run, world))
         with SignalStop() as stop, _nan_guard(run), np.errstate(over="ignore", invalid="ignore"):
-            while state.step < target and not clock.expired():
+            while state.step < target:
+                halt, end = _verdict(world, clock, stop, state.step)
+                _fix_horizon(state, end, target, progress)
+                if halt:
+                    break
                 window.add(train_step(state, batcher))
-                progress.update(state.step, window.last, window.speed())
+                progress.update(state.step)
                 if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
                     event = _event(state, window, clock)  # the steps' speed, without the evaluation
                     if state.step % tc.eval_every == 0:
-                        val_loss, saved_at = evaluate_and_save(state, run, val_ids), state.step
+                        val_loss, saved_at = evaluate_and_save(state, run, val_ids, world), state.step
                         event = event.with_val_loss(val_loss)
                         progress.evaluated(event, clock.eta(state.step, target))
+                    progress.show(event)
                     metrics.write(event)
                     window.reset()
                     if tc.patience and state.evals_since_best >= tc.patience:
                         progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
                         break
-                _fix_horizon(state, clock.steps_by_deadline(state.step), target, progress)
-                if stop.signum is not None:
-                    break
             if saved_at != state.step:
-                val_loss = evaluate_and_save(state, run, val_ids)
+                val_loss = evaluate_and_save(state, run, val_ids, world)
                 metrics.write(_event(state, window, clock).with_val_loss(val_loss))
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
@@ -244,32 +284,30 @@ def _loop(
     return result
 
 
-def train_step(state: TrainState, batcher: Batcher) -> float:
+def train_step(state: TrainState, batcher: Batcher) -> Any:
     """One step of truncated BPTT on the next chunk, the hidden state carried from the last:
-    forward, backward, clip, update. Returns the chunk's loss (nats per character)."""
-    model, tc = state.model, state.config.train
-    if state.cursor == 0 or state.carry is None:
-        state.carry = model.initial_state(tc.batch_size)
+    forward, backward, clip, update (by the engine). Returns the chunk's loss (nats per
+    character; a float, or an engine's number that `float()` reads)."""
+    if state.cursor == 0:
+        state.engine.new_epoch()
     x, y = batcher.chunk(state.cursor)
-    loss, carry = model.loss(x, y, state.carry, state.rng if model.shape.dropout > 0 else None)
-    if not math.isfinite(loss):
-        raise NonFiniteError(f"loss is not finite ({loss}) at step {state.step}")
-    grads = model.backward()
-    clip_by_global_norm(grads, tc.grad_clip)
-    state.optimizer.step(model.params, grads, state.lr())
-    state.carry = carry
+    try:
+        loss = state.engine.step(x, y, state.lr())
+    except NonFiniteError as err:
+        raise NonFiniteError(f"{err} at step {state.step}") from None
     state.step += 1
     state.cursor = (state.cursor + 1) % batcher.chunks_per_epoch
     return loss
 
 
-def evaluate_and_save(state: TrainState, run: RunDir, val_ids: np.ndarray) -> float | None:
+def evaluate_and_save(state: TrainState, run: RunDir, val_ids: np.ndarray, world: World) -> float | None:
     """The validation loss (None without validation text); then latest.npz, and best.npz when
-    the loss improved (or without validation)."""
+    the loss improved (or without validation). Under torchrun every rank evaluates and gathers
+    the state; rank 0 writes."""
     tc = state.config.train
     val_loss = None
     if len(val_ids) >= 2:
-        val_loss = evaluate(state.model, val_ids, streams=tc.batch_size, seq_len=tc.seq_len).loss
+        val_loss = state.engine.evaluate(val_ids, tc.batch_size, tc.seq_len)
         if not math.isfinite(val_loss):
             raise NonFiniteError(f"validation loss is not finite ({val_loss}) at step {state.step}")
     improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
@@ -277,35 +315,54 @@ def evaluate_and_save(state: TrainState, run: RunDir, val_ids: np.ndarray) -> fl
         state.best_val_loss, state.evals_since_best = val_loss, 0
     elif val_loss is not None:
         state.evals_since_best += 1
-    run.save(state.to_checkpoint(), best=improved or val_loss is None)
+    ckpt = state.to_checkpoint()
+    if world.is_main:
+        run.save(ckpt, best=improved or val_loss is None)
     return val_loss
+
+
+def _verdict(world: World, clock: Clock, stop: SignalStop, step: int) -> tuple[bool, int | None]:
+    """Before each step, the same on every process: whether to stop now (the deadline, a
+    signal), and, once, the step a time budget ends at (rank 0's estimate)."""
+    end = clock.steps_by_deadline(step) if world.is_main else None
+    expired, signalled, agreed = world.agree([clock.expired(), stop.signum is not None, -1 if end is None else end])
+    return bool(expired or signalled), None if agreed < 0 else agreed
 
 
 def _event(state: TrainState, window: Window, clock: Clock) -> Event:
     """The metrics event for the steps since the last one; an evaluation adds its loss
-    (`Event.with_val_loss`)."""
-    return Event(state.step, window.mean(), state.lr(), window.speed(), clock.elapsed())
+    (`Event.with_val_loss`). An engine that does not check each step's loss (torch's, which
+    would wait for the device) has it checked here."""
+    loss = window.mean()
+    if loss is not None and not math.isfinite(loss):
+        raise NonFiniteError(f"loss is not finite ({loss}) by step {state.step}")
+    return Event(state.step, loss, state.lr(), window.speed(), clock.elapsed())
 
 
 class Window:
-    """The training losses and the wall time since the last metrics event."""
+    """The training losses and the wall time since the last metrics event. Losses are kept as
+    the engine gives them and read (`float`) only here, when an event needs them."""
 
     def __init__(self, chars_per_step: int) -> None:
         self.chars_per_step = chars_per_step
-        self.last: float | None = None
+        self._last: Any = None
         self.reset()
 
     def reset(self) -> None:
-        self.losses: list[float] = []
+        self.losses: list[Any] = []
         self.started = time.perf_counter()
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: Any) -> None:
         self.losses.append(loss)
-        self.last = loss
+        self._last = loss
+
+    @property
+    def last(self) -> float | None:
+        return None if self._last is None else float(self._last)
 
     def mean(self) -> float | None:
         """The mean loss of the window's steps (the last step's loss when it has none)."""
-        return float(np.mean(self.losses)) if self.losses else self.last
+        return float(np.mean([float(loss) for loss in self.losses])) if self.losses else self.last
 
     def speed(self) -> float:
         """Characters trained per second in the window."""
@@ -359,9 +416,9 @@ def _fix_horizon(state: TrainState, end: int | None, target: int, progress: Prog
 def _align(state: TrainState, batcher: Batcher, val_ids: np.ndarray, log: Callable[[str], None]) -> None:
     """Fit a resumed state to this invocation's data: a new epoch when the cursor or the carried
     state no longer fit the batches; a new best when the validation text changed."""
-    B = state.config.train.batch_size
-    if state.cursor >= batcher.chunks_per_epoch or state.carry is None or state.carry.shape[2] != B:
-        state.cursor, state.carry = 0, None
+    if state.cursor >= batcher.chunks_per_epoch or state.engine.carried_streams() != state.config.train.batch_size:
+        state.cursor = 0
+        state.engine.new_epoch()
     fingerprint = f"{len(val_ids)}:{zlib.crc32(np.ascontiguousarray(val_ids)):08x}"
     if fingerprint != state.val_fingerprint:
         if state.best_val_loss is not None:
@@ -369,11 +426,12 @@ def _align(state: TrainState, batcher: Batcher, val_ids: np.ndarray, log: Callab
         state.val_fingerprint, state.best_val_loss, state.evals_since_best = fingerprint, None, 0
 
 
-def _describe(state: TrainState, n_train: int, n_val: int, target: int, run: RunDir) -> str:
-    s = state.model.shape
+def _describe(state: TrainState, n_train: int, n_val: int, target: int, run: RunDir, world: World) -> str:
+    m = state.config.model
+    where = f"{state.engine.name} engine" + (f", {world.size} processes" if world.size > 1 else "")
     return (
-        f"{s.cell} {s.num_layers}x{s.hidden_size}, vocab {len(state.vocab)}, {n_train:,} train / {n_val:,} val "
-        f"chars, step {state.step} -> {target}, run {run.path}"
+        f"{m.cell} {m.num_layers}x{m.hidden_size}, vocab {len(state.vocab)}, {n_train:,} train / {n_val:,} val "
+        f"chars, step {state.step} -> {target}, {where}, run {run.path}"
     )
 
 

@@ -41,7 +41,7 @@ def test_round_trip_keeps_every_array_and_meta(tmp_path: Path, cell: str) -> Non
     path = tmp_path / "m.npz"
     checkpoint.save(path, state.to_checkpoint())
     loaded = checkpoint.load(path)
-    for name, p in state.model.params.items():
+    for name, p in state.engine.state().params.items():
         np.testing.assert_array_equal(loaded.params[name], p)
         assert loaded.params[name].dtype == np.float32
     assert loaded.vocab == state.vocab

@@ -1,0 +1,215 @@
+"""The torch engine (`charrnn.torch_engine`) and data parallel under a real torchrun
+(`charrnn.distributed`): the same training as the numpy engine, step for step, and the same
+runs, checkpoints and behaviour."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, assert_clean_error, run_cli
+
+from charrnn import checkpoint
+from charrnn.config import build_config
+from charrnn.data import Batcher
+from charrnn.train import TrainState, new_state, resume_state, train_step
+from charrnn.vocab import Vocab
+
+torch = pytest.importorskip("torch")
+
+TEXT = "the cat sat on the mat. the dog ran after it! " * 40
+VOCAB = Vocab.from_chars(TEXT)
+IDS = VOCAB.encode(TEXT)
+HARD = {  # everything that touches an update at once
+    "weight_decay": 0.1,
+    "grad_clip": 0.5,
+    "warmup_steps": 2,
+    "lr_schedule": "cosine",
+    "min_lr": 0.001,
+    "max_steps": 8,
+    "lr": 0.02,
+}
+
+
+def _state(engine: str, cell: str, optimizer: str, **train: object) -> TrainState:
+    model = {"cell": cell, "hidden_size": 8, "num_layers": 2}
+    train = {"dtype": "float64", "engine": engine, "optimizer": optimizer, "batch_size": 4, "seq_len": 5, **train}
+    return new_state(build_config([{"model": model, "train": train}]), VOCAB)
+
+
+def _steps(state: TrainState, n: int) -> TrainState:
+    batcher = Batcher(IDS, state.config.train.batch_size, state.config.train.seq_len)
+    for _ in range(n):
+        train_step(state, batcher)
+    return state
+
+
+def _rel(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-300)) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_torch_steps_equal_numpy_steps_in_float64(cell: str, optimizer: str) -> None:
+    """8 steps with weight decay, clipping, warm-up and cosine: every weight, every optimizer
+    moment and the carried state agree to 1e-9 relative."""
+    ours = _steps(_state("numpy", cell, optimizer, **HARD), 8).to_checkpoint()
+    theirs = _steps(_state("torch", cell, optimizer, **HARD), 8).to_checkpoint()
+    assert _rel(theirs.params, ours.params) < 1e-9
+    assert _rel(theirs.optim_state, ours.optim_state) < 1e-9
+    assert theirs.meta["optimizer_t"] == ours.meta["optimizer_t"] == 8
+    np.testing.assert_allclose(theirs.carry, ours.carry, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("first", "then"), [("numpy", "torch"), ("torch", "numpy")])
+def test_switching_engine_at_resume_equals_not_switching(first: str, then: str) -> None:
+    stay = _steps(_state(first, "gru", "adam", **HARD), 8).to_checkpoint()
+    half = _steps(_state(first, "gru", "adam", **HARD), 4).to_checkpoint()
+    config = build_config([half.meta["config"], {"train": {"engine": then}}])
+    switched = _steps(resume_state(half, config, half.vocab), 4).to_checkpoint()
+    assert _rel(switched.params, stay.params) < 1e-9 and _rel(switched.optim_state, stay.optim_state) < 1e-9
+
+
+def test_evaluation_on_torch_equals_numpy() -> None:
+    ours, theirs = _steps(_state("numpy", "lstm", "adam"), 3), _steps(_state("torch", "lstm", "adam"), 3)
+    assert theirs.engine.evaluate(IDS, 4, 7) == pytest.approx(ours.engine.evaluate(IDS, 4, 7), rel=1e-12)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    ckpt = checkpoint.load(path)
+    return {**ckpt.params, **ckpt.optim_state, "carry": ckpt.carry}
+
+
+def _corpus(folder: Path) -> str:
+    (folder / "c.txt").write_text(TEXT)
+    return "c.txt"
+
+
+TORCH = [*TINY, "-s", "train.engine=torch", "-q"]
+
+
+def test_two_n_steps_equal_n_plus_n_bitwise_with_dropout(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    dropout = ["-s", "model.num_layers=2", "-s", "model.dropout=0.3", "-s", "train.eval_every=7"]
+    assert run_cli("train", corpus, "-o", "once", *TORCH, *dropout, "--steps", "12", cwd=tmp_path).returncode == 0
+    for _ in range(2):
+        proc = run_cli("train", corpus, "-o", "twice", *TORCH, *dropout, "--steps", "6", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+    once, twice = _arrays(tmp_path / "once/latest.npz"), _arrays(tmp_path / "twice/latest.npz")
+    assert once.keys() == twice.keys()
+    for name in once:
+        np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
+    meta = checkpoint.load(tmp_path / "twice/latest.npz").meta
+    assert meta["torch_rng"] is not None and meta["config"]["train"]["engine"] == "torch"
+
+
+def _torchrun(folder: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run(
+        [*command, "-m", "charrnn", *args], cwd=folder, capture_output=True, timeout=300, env=_quiet_env()
+    )
+
+
+def _quiet_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+FLOAT64 = [*TORCH, "-s", "train.dtype=float64", "-s", "train.batch_size=8", "-s", "model.cell=lstm"]
+
+
+def test_torchrun_with_two_processes_equals_one_process_and_resumes_either_way(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    one = run_cli("train", corpus, "-o", "one", *FLOAT64, "--steps", "20", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr.decode()
+    two = _torchrun(tmp_path, "train", corpus, "-o", "two", *FLOAT64, "--steps", "20")
+    assert two.returncode == 0, two.stderr.decode()
+    assert _rel(_arrays(tmp_path / "two/latest.npz"), _arrays(tmp_path / "one/latest.npz")) < 1e-9
+    assert b"2 processes" in two.stderr and two.stderr.count(b"done: step 20") == 1  # rank 0 alone talks
+    # 10 steps in one process, then 10 under torchrun; and the other way round
+    mixed = [("a", run_cli, _torchrun), ("b", _torchrun, run_cli)]
+    for name, first, then in mixed:
+        for launch in (first, then):
+            if launch is run_cli:
+                proc = run_cli("train", corpus, "-o", name, *FLOAT64, "--steps", "10", cwd=tmp_path)
+            else:
+                proc = _torchrun(tmp_path, "train", corpus, "-o", name, *FLOAT64, "--steps", "10")
+            assert proc.returncode == 0, proc.stderr.decode()
+        assert _rel(_arrays(tmp_path / name / "latest.npz"), _arrays(tmp_path / "one/latest.npz")) < 1e-9
+
+
+def test_torchrun_refuses_a_batch_it_cannot_split_and_the_numpy_engine(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    odd = _torchrun(tmp_path, "train", corpus, "-o", "r", *TORCH, "-s", "train.batch_size=5", "--steps", "2")
+    assert odd.returncode != 0 and b"charrnn: error: train.batch_size=5 does not divide among 2" in odd.stderr
+    assert not re.search(rb'File "[^"]*/charrnn/', odd.stderr)  # torchrun reports the failure; charrnn, one line
+    assert b"step 0 -> 2" not in odd.stderr  # refused before training starts
+    numpy = _torchrun(tmp_path, "train", corpus, "-o", "r", *TINY, "--steps", "2")
+    assert numpy.returncode != 0 and b"needs the torch engine" in numpy.stderr
+
+
+def test_bad_engine_settings_are_one_line(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    for setting, fragment in (("train.engine=jax", "train.engine"), ("train.device=tpu", "train.device")):
+        proc = run_cli("train", corpus, "-o", "r", *TINY, "-s", setting, cwd=tmp_path)
+        assert_clean_error(proc, 2, fragment)
+    if not torch.cuda.is_available():
+        proc = run_cli("train", corpus, "-o", "r", *TORCH, "-s", "train.device=cuda", cwd=tmp_path)
+        assert_clean_error(proc, 2, "torch sees no CUDA device")
+    code = "import sys; sys.modules['torch'] = None\nfrom charrnn.cli import run; sys.exit(run(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "train", corpus, "-o", "r", *TORCH], cwd=tmp_path, capture_output=True
+    )
+    assert_clean_error(proc, 1, "pip install 'charrnn[torch]'")
+    assert not (tmp_path / "r" / "latest.npz").exists()
+
+
+def test_nan_on_the_torch_engine_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    sgd = [*TORCH, "-s", "train.optimizer=sgd", "-s", "train.eval_every=1000"]
+    assert run_cli("train", corpus, "-o", "r", *sgd, "--steps", "2", cwd=tmp_path).returncode == 0
+    good = (tmp_path / "r/latest.npz").read_bytes()
+    blow = ["-s", "train.lr=1e38", "-s", "train.grad_clip=0", "--steps", "50"]
+    proc = run_cli("train", corpus, "-o", "r", *sgd, *blow, cwd=tmp_path)
+    assert_clean_error(proc, 1, "not finite", "last good checkpoint")
+    assert (tmp_path / "r/latest.npz").read_bytes() == good
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+def test_cuda_trains_the_same_model_as_the_cpu(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    for device in ("cpu", "cuda"):
+        proc = run_cli(
+            "train", corpus, "-o", device, *TORCH, "-s", f"train.device={device}", "--steps", "20", cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+    assert _rel(_arrays(tmp_path / "cuda/latest.npz"), _arrays(tmp_path / "cpu/latest.npz")) < 1e-3
+
+
+def test_under_torchrun_every_rank_stops_together_and_one_checkpoint_is_written(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    long = [*TORCH, "-s", "train.batch_size=8", "-s", "train.max_steps=1000000", "-s", "train.eval_every=20"]
+    timed = _torchrun(tmp_path, "train", corpus, "-o", "timed", *long, "--time", "4s")
+    assert timed.returncode == 0, timed.stderr.decode()
+    assert timed.stderr.count(b"done: step") == 1 and checkpoint.load(tmp_path / "timed/latest.npz").meta["step"] > 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charrnn"]
+    proc = subprocess.Popen(
+        [*command, "train", corpus, "-o", "run", *long], cwd=tmp_path, stderr=subprocess.PIPE, env=_quiet_env()
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run/latest.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    _, err = proc.communicate(timeout=120)
+    stopped = [line for line in err.decode().splitlines() if line.startswith("charrnn: stopped by SIGTERM")]
+    assert len(stopped) == 1, err.decode()  # both ranks stopped at one step; rank 0 said so and saved
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == step
