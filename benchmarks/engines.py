@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def train(folder: Path, name: str, config: tuple, engine: str, processes: int = 
         "train.eval_chars": 10_000,
         "train.log_every": max(1, steps // 8),
     }
-    args = ["train", str(CORPUS), "-o", str(folder / name), "--fresh", "--steps", str(steps), "-q"]
+    shutil.rmtree(folder / name, ignore_errors=True)  # a run of its own: no earlier events in its metrics
+    args = ["train", str(CORPUS), "-o", str(folder / name), "--steps", str(steps), "-q"]
     args += [item for key, value in settings.items() for item in ("-s", f"{key}={value}")]
     if processes > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]

@@ -73,8 +73,23 @@ class TorchEngine:
         self.dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
             state.params["W_hy"].dtype
         ]
-        H, V, L = shape.hidden_size, shape.vocab_size, shape.num_layers
-        Module = MODULES[shape.cell]
+        self._build(state)
+        self.moments = {
+            f"{slot}.{name}": self._tensor(state.optim_state[f"{slot}.{name}"])
+            if state.optim_state
+            else torch.zeros_like(view)
+            for slot in SLOTS[settings.kind]
+            for name, view in self.params.items()
+        }
+        self.t = state.optimizer_t
+        self.carry = None if state.carry is None else self._local_streams(self._tensor(state.carry))
+        self.generator = self._generator(state)
+        self.numpy_rng = state.rng  # the numpy engine's generator, kept for a switch back
+
+    def _build(self, state: EngineState) -> None:
+        """The modules on the device, holding the state's weights; `params` their charrnn views."""
+        H, V, L = self.shape.hidden_size, self.shape.vocab_size, self.shape.num_layers
+        Module = MODULES[self.shape.cell]
         with torch.random.fork_rng(devices=[]):  # the modules' own initialisation is overwritten below
             self.layers = [Module(V if k == 0 else H, H) for k in range(L)]
             self.readout = torch.nn.Linear(H, V)
@@ -85,27 +100,22 @@ class TorchEngine:
         with torch.no_grad():
             for layer in self.layers:
                 layer.bias_hh_l0.zero_()
-                if shape.cell != "gru":
+                if self.shape.cell != "gru":
                     layer.bias_hh_l0.requires_grad_(False)  # charrnn has one bias per gate block
             for name, view in self.params.items():
                 view.copy_(torch.from_numpy(state.params[name]))
-        self.moments = {
-            f"{slot}.{name}": self._tensor(state.optim_state[f"{slot}.{name}"])
-            if state.optim_state
-            else torch.zeros_like(view)
-            for slot in SLOTS[settings.kind]
-            for name, view in self.params.items()
-        }
-        self.t = state.optimizer_t
-        self.carry = None if state.carry is None else self._local_streams(self._tensor(state.carry))
-        self.generator = torch.Generator(device=self.device)
+
+    def _generator(self, state: EngineState) -> Any:
+        """The dropout generator: as saved, or, the first time on this engine, seeded from the
+        run's numpy generator."""
+        generator = torch.Generator(device=self.device)
         if state.torch_rng is not None:
-            self.generator.set_state(torch.tensor(state.torch_rng, dtype=torch.uint8))
-        else:  # first time on this engine: a seed that follows from the run's numpy generator
+            generator.set_state(torch.tensor(state.torch_rng, dtype=torch.uint8))
+        else:
             numpy_rng = np.random.default_rng()
             numpy_rng.bit_generator.state = state.rng
-            self.generator.manual_seed(int(numpy_rng.integers(2**63)))
-        self.numpy_rng = state.rng  # the numpy engine's generator, kept for a switch back
+            generator.manual_seed(int(numpy_rng.integers(2**63)))
+        return generator
 
     def _places(self) -> dict[str, tuple[Any, Any]]:
         """charrnn's parameter names, in the model's order -> (the module's tensor, how charrnn's

@@ -134,6 +134,7 @@ def test_torchrun_with_two_processes_equals_one_process_and_resumes_either_way(t
     assert two.returncode == 0, two.stderr.decode()
     assert _rel(_arrays(tmp_path / "two/latest.npz"), _arrays(tmp_path / "one/latest.npz")) < 1e-9
     assert b"2 processes" in two.stderr and two.stderr.count(b"done: step 20") == 1  # rank 0 alone talks
+    assert len(list((tmp_path / "two").glob("corpus-*.npy"))) == 1  # one encoded corpus, mapped by both ranks
     # 10 steps in one process, then 10 under torchrun; and the other way round
     mixed = [("a", run_cli, _torchrun), ("b", _torchrun, run_cli)]
     for name, first, then in mixed:
