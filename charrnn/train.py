@@ -3,8 +3,9 @@
 `train()` owns a run directory (see `charrnn.rundir`): it holds its lock while running, resumes
 its training state, and on SIGINT/SIGTERM finishes the current step, saves, and raises
 `SignalError`. The loop itself is `_loop`, one screen; what it calls around each step (the
-step, the evaluation and checkpoint, the metrics event, the clock of a time budget) are the
-named helpers below it.
+step, the evaluation and checkpoint, the metrics event, the clock of a time budget, the
+processes' agreement under torchrun) are the named helpers below it. The arithmetic of a step
+is the engine's (`charrnn.engine`: numpy, or torch on a CPU or GPU).
 """
 
 from __future__ import annotations
