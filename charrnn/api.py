@@ -9,6 +9,7 @@ lm.next_char_probs("ROMEO")                      # {"\\n": 0.01, ":": 0.93, ...}
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +43,13 @@ class LanguageModel:
         self.shape: ModelShape = ckpt.shape
         self.step: int = ckpt.meta["step"]
         self.model: CharRNN = ckpt.model()
+
+    def twin(self) -> LanguageModel:
+        """The same model (the same weights, only read) with working buffers of its own, for
+        another thread to use while this one runs."""
+        twin = copy.copy(self)
+        twin.model = CharRNN(self.shape, self.model.params)
+        return twin
 
     def __repr__(self) -> str:
         s = self.shape

@@ -20,8 +20,11 @@ from charrnn.errors import CharRNNError, SignalError
 from charrnn.interop import export_safetensors, import_safetensors
 from charrnn.onnx_export import export_onnx
 from charrnn.plot import plot_runs
+from charrnn.rundir import find_model
 from charrnn.runs import format_table, list_runs
 from charrnn.sample import Sampling
+from charrnn.serve import Limits, api_key_from
+from charrnn.serve import serve as serve_run
 from charrnn.train import train as train_run
 from charrnn.viz import MAX_VIZ_CHARS, write_page
 
@@ -334,6 +337,27 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
         f"imported {shape.cell} {shape.num_layers}x{shape.hidden_size}, vocab {shape.vocab_size} into {run_dir}",
         err=True,
     )
+
+
+@cli.command()
+@click.option(
+    "-m", "--model", "run", metavar="PATH", help="Run directory or .npz  [default: the most recent run under runs/]"
+)
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")
+@click.option("--api-key", envvar="CHARRNN_API_KEY", help="Require Authorization: Bearer KEY  [env: CHARRNN_API_KEY]")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=Limits.max_tokens, help="Most characters a choice may ask for."
+)
+@click.option("--max-n", type=click.IntRange(min=1), default=Limits.max_n, help="Most choices per prompt.")
+@click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, help="Largest request body, in bytes.")
+def serve(
+    run: str | None, host: str, port: int, api_key: str | None, max_tokens: int, max_n: int, max_body: int
+) -> None:
+    """Serve a model over OpenAI's completions API, reloading it when training replaces its
+    checkpoint (needs the 'serve' extra). Stops cleanly on SIGTERM or Ctrl-C."""
+    run = run if run is not None else str(find_model(None).parent)
+    serve_run(run, host, port, api_key_from(api_key), Limits(max_tokens, max_n, max_body))
 
 
 @cli.command()

@@ -7,7 +7,12 @@ from types import ModuleType
 
 from charrnn.errors import CharRNNError
 
-PACKAGES = {"plot": "matplotlib", "export": "safetensors, onnx and onnxruntime", "torch": "PyTorch"}
+PACKAGES = {
+    "plot": "matplotlib",
+    "export": "safetensors, onnx and onnxruntime",
+    "torch": "PyTorch",
+    "serve": "Starlette and uvicorn",
+}
 
 
 def require(module: str, extra: str) -> ModuleType:

@@ -68,10 +68,11 @@ def seed_key(seed: int | None) -> int:
     return secrets.randbits(64) if seed is None else int(_mix(np.array([seed & _MASK64], np.uint64))[0])
 
 
-def uniforms(key: int, streams: np.ndarray, counters: np.ndarray) -> np.ndarray:
+def uniforms(key: int | np.ndarray, streams: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Uniform draws in [0, 1), one per (stream, counter) pair: a hash of (key, stream, counter).
 
-    Inputs: streams (N,) and counters (N,) non-negative ints. Returns: (N,) float64.
+    Inputs: key, one for all or (N,) uint64 (a server's requests each have their own); streams
+    (N,) and counters (N,) non-negative ints. Returns: (N,) float64.
     """
     s = _mix(streams.astype(np.uint64) ^ np.uint64(key))
     x = _mix(s + counters.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
