@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +29,12 @@ from charrnn import checkpoint
 from charrnn.api import LanguageModel, load
 from charrnn.errors import CharRNNError, InvalidUsageError
 from charrnn.extras import require
+from charrnn.openai_api import ApiError, Completion, Limits, chunk, logprobs_object, strings
 from charrnn.rundir import find_model
-from charrnn.sample import Sampling, seed_key
+from charrnn.sample import seed_key
 from charrnn.scheduler import Job, Scheduler
 
 log = logging.getLogger("charrnn.serve")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for (`charrnn serve` options)."""
-
-    max_tokens: int = 4096
-    max_n: int = 64
-    max_body: int = 1 << 20  # bytes
-
-
-class ApiError(Exception):
-    """A request the API refuses: OpenAI's error object with this status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-    def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
-        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
 
 
 class ModelHolder:
@@ -89,76 +68,6 @@ class ModelHolder:
                 except CharRNNError as err:
                     log.warning("charrnn: keeping the model of step %d: %s", self.lm.step, err)
             return self.lm
-
-
-def _field(body: dict, name: str, kind: type | tuple, default: Any, check: Any = None, rule: str = "") -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise ApiError(400, f"{name} must be {rule or getattr(kind, '__name__', kind)}", name, "invalid_type")
-    if check is not None and not check(value):
-        raise ApiError(400, f"{name} must be {rule}, got {value!r:.60}", name, "invalid_value")
-    return value
-
-
-def _strings(body: dict, name: str, required: bool, most: int | None = None) -> list[str]:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, f"{name} is required", name, "missing")
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise ApiError(400, f"{name} must be a string or a list of strings", name, "invalid_type")
-    if most is not None and len(items) > most:
-        raise ApiError(400, f"{name} holds at most {most} strings", name, "invalid_value")
-    return items
-
-
-@dataclass
-class Completion:
-    """A validated completions request."""
-
-    prompts: list[str]
-    n: int
-    max_tokens: int
-    sampling: Sampling
-    seed: int | None
-    stops: tuple[str, ...]
-    stream: bool
-    echo: bool
-    logprobs: int | None
-
-    @classmethod
-    def parse(cls, body: dict, lm: LanguageModel, limits: Limits) -> Completion:
-        prompts = _strings(body, "prompt", required=False) or [""]
-        number = (int, float)
-        temperature = _field(body, "temperature", number, 1.0, lambda t: 0 <= t <= 100, "a number in [0, 100]")
-        top_p = _field(body, "top_p", number, 1.0, lambda p: 0 < p <= 1, "a number in (0, 1]")
-        top_k = _field(body, "top_k", int, 0, lambda k: k >= 0, "an integer >= 0")
-        sampling = Sampling(temperature or 1.0, top_k, top_p, greedy=temperature == 0)
-        stops = tuple(_strings(body, "stop", required=False, most=4))
-        for i, text in enumerate([*prompts, *stops]):
-            unknown = sorted(set(text) - set(lm.vocab.chars))
-            param = "prompt" if i < len(prompts) else "stop"
-            if unknown:
-                raise ApiError(
-                    400, f"{param} has characters the model never saw: {unknown[:20]}", param, "unknown_chars"
-                )
-        if any(not stop for stop in stops):
-            raise ApiError(400, "stop strings must not be empty", "stop", "invalid_value")
-        return cls(
-            prompts,
-            _field(body, "n", int, 1, lambda n: 1 <= n <= limits.max_n, f"an integer in [1, {limits.max_n}]"),
-            _field(body, "max_tokens", int, 16, lambda m: 0 <= m <= limits.max_tokens, f"in [0, {limits.max_tokens}]"),
-            sampling,
-            _field(body, "seed", int, None, lambda s: s >= 0, "an integer >= 0"),
-            stops,
-            _field(body, "stream", bool, False),
-            _field(body, "echo", bool, False),
-            _field(body, "logprobs", int, None, lambda k: 0 <= k <= 20, "an integer in [0, 20]"),
-        )
 
 
 class Server:
@@ -201,8 +110,8 @@ def build_app(server: Server) -> Any:
         if server.api_key is not None and request.headers.get("authorization") != f"Bearer {server.api_key}":
             raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", None, "invalid_api_key")
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
+        async for part in request.stream():
+            raw += part
             if len(raw) > server.limits.max_body:
                 raise ApiError(413, f"the body is larger than {server.limits.max_body} bytes", None, "too_large")
         try:
@@ -270,7 +179,7 @@ def build_app(server: Server) -> Any:
             text = (job.prime if completion.echo else "") + job.text
             choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reasons[index]}
             if completion.logprobs is not None:
-                choice["logprobs"] = _logprobs_object(job.infos, len(job.prime) if completion.echo else 0)
+                choice["logprobs"] = logprobs_object(job.infos, len(job.prime) if completion.echo else 0)
             choices.append(choice)
         generated = sum(len(job.text) for job in jobs)
         prompt_chars = sum(len(prompt) for prompt in completion.prompts)
@@ -283,7 +192,7 @@ def build_app(server: Server) -> Any:
 
     async def score(request: Request) -> Any:
         body = await read(request)
-        records = _strings(body, "input", required=True)
+        records = strings(body, "input", required=True)
         lm = server.holder.current()
         scores = await run_in_threadpool(_score, lm, records)
         data = [{"object": "score", "index": i, **s} for i, s in enumerate(scores)]
@@ -312,17 +221,6 @@ def _score(lm: LanguageModel, records: list[str]) -> list[dict[str, Any]]:
     return [{k: v for k, v in json.loads(s.to_json()).items() if k in fields} for s in lm.twin().iter_scores(records)]
 
 
-def _logprobs_object(infos: list[dict], offset: int) -> dict[str, Any]:
-    tokens = [info["token"] for info in infos]
-    offsets = [offset + sum(map(len, tokens[:i])) for i in range(len(tokens))]
-    return {
-        "tokens": tokens,
-        "token_logprobs": [info["logprob"] for info in infos],
-        "top_logprobs": [info["top"] for info in infos],
-        "text_offset": offsets,
-    }
-
-
 async def _stream(request: Any, completion: Completion, jobs: list[Job], events: asyncio.Queue, meta: dict) -> Any:
     """Server-sent events: the text drawn since the last event, per choice, as it comes; one
     event with each choice's finish_reason; then `data: [DONE]`. A client that goes away
@@ -331,7 +229,7 @@ async def _stream(request: Any, completion: Completion, jobs: list[Job], events:
     try:
         if completion.echo:
             for index, job in enumerate(jobs):
-                yield _event(meta, index, job.prime, None)
+                yield chunk(meta, index, job.prime, None)
         while done < len(jobs):
             batch = [await events.get()]
             while not events.empty():
@@ -344,21 +242,16 @@ async def _stream(request: Any, completion: Completion, jobs: list[Job], events:
                     texts[index] = texts.get(index, "") + event[1]
                     continue
                 if texts.get(index):
-                    yield _event(meta, index, texts.pop(index), None)
+                    yield chunk(meta, index, texts.pop(index), None)
                 done += 1
-                yield _event(meta, index, "", "stop" if event[1] == "error" else event[1])
+                yield chunk(meta, index, "", "stop" if event[1] == "error" else event[1])
             for index, text in texts.items():
                 if text:
-                    yield _event(meta, index, text, None)
+                    yield chunk(meta, index, text, None)
         yield "data: [DONE]\n\n"
     finally:
         for job in jobs:
             job.cancelled.set()
-
-
-def _event(meta: dict, index: int, text: str, finish: str | None) -> str:
-    choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
-    return f"data: {json.dumps({**meta, 'choices': [choice]}, ensure_ascii=False)}\n\n"
 
 
 def serve(run: str, host: str, port: int, api_key: str | None, limits: Limits) -> None:
