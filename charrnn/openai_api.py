@@ -103,15 +103,15 @@ class Completion:
         )
 
 
-def logprobs_object(infos: list[dict], offset: int) -> dict[str, Any]:
-    """OpenAI's `logprobs` of a choice from the scheduler's per-character infos."""
+def logprobs_object(infos: list[dict]) -> dict[str, Any]:
+    """OpenAI's `logprobs` of a choice from the scheduler's per-character infos (the prompt's
+    first, with `echo`)."""
     tokens = [info["token"] for info in infos]
-    offsets = [offset + sum(map(len, tokens[:i])) for i in range(len(tokens))]
     return {
         "tokens": tokens,
         "token_logprobs": [info["logprob"] for info in infos],
         "top_logprobs": [info["top"] for info in infos],
-        "text_offset": offsets,
+        "text_offset": [sum(map(len, tokens[:i])) for i in range(len(tokens))],
     }
 
 

@@ -43,6 +43,7 @@ class Job:
     emit: Callable[[tuple], None]
     stops: tuple[str, ...] = ()
     logprobs: int | None = None
+    echo: bool = False  # with logprobs: the prompt's characters get theirs too, in `infos`
     streaming: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     text: str = ""
@@ -73,6 +74,11 @@ class _Group:
         model = self.lm.model
         (context,), state0 = starts(model, self.lm.vocab, [job.prime])
         logits, state = model.logits(context[:, None], state0)
+        if job.echo and job.logprobs is not None and len(context) == len(job.prime) + 1:
+            chars = self.lm.vocab.chars
+            job.infos += [
+                _logprobs(logits[:, k, 0], int(context[k + 1]), job.logprobs, chars) for k in range(len(job.prime))
+            ]
         self.jobs.append(job)
         self.state = np.concatenate([self.state, state], axis=2)
         self.logits = np.concatenate([self.logits, logits[:, -1]], axis=1)

@@ -92,7 +92,7 @@ class Server:
                     loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
                 job = Job(lm, prompt, request.max_tokens, request.sampling, key, index, emit, request.stops)
-                job.logprobs, job.streaming = request.logprobs, request.stream
+                job.logprobs, job.echo, job.streaming = request.logprobs, request.echo, request.stream
                 jobs.append(job)
         return jobs, events
 
@@ -179,7 +179,7 @@ def build_app(server: Server) -> Any:
             text = (job.prime if completion.echo else "") + job.text
             choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reasons[index]}
             if completion.logprobs is not None:
-                choice["logprobs"] = logprobs_object(job.infos, len(job.prime) if completion.echo else 0)
+                choice["logprobs"] = logprobs_object(job.infos)
             choices.append(choice)
         generated = sum(len(job.text) for job in jobs)
         prompt_chars = sum(len(prompt) for prompt in completion.prompts)

@@ -112,11 +112,14 @@ def test_stop_ends_a_choice_without_the_stop_text(folder: Path, server: str) -> 
     assert short.choices[0].finish_reason == "length" and len(short.choices[0].text) == 2
 
 
-def test_logprobs_and_echo(server: str) -> None:
+def test_logprobs_and_echo(folder: Path, server: str) -> None:
     reply = client(server).completions.create(model="names", prompt="ca", max_tokens=6, logprobs=3, echo=True, seed=1)
     choice = reply.choices[0]
     assert choice.text.startswith("ca") and len(choice.text) == 8
-    assert choice.logprobs.tokens == list(choice.text[2:])
+    assert choice.logprobs.tokens == list(choice.text)  # the echoed prompt's characters first
+    assert choice.logprobs.text_offset == list(range(8))
+    prompt_nats = -sum(choice.logprobs.token_logprobs[:2])
+    assert prompt_nats / 2 == pytest.approx(charrnn.load(folder / "names").score("ca"), rel=1e-5)
     for token, logprob, top in zip(
         choice.logprobs.tokens, choice.logprobs.token_logprobs, choice.logprobs.top_logprobs, strict=True
     ):
