@@ -259,3 +259,9 @@ def test_the_readme_client_snippet_runs_as_written(tmp_path: Path, capsys: pytes
         assert len(capsys.readouterr().out) > 0  # the streamed completion
     finally:
         stop(proc)
+
+
+def test_a_missing_serve_extra_is_one_line(folder: Path) -> None:
+    code = "import sys; sys.modules['uvicorn'] = None\nfrom charrnn.cli import run; sys.exit(run(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "serve", "-m", "names"], cwd=folder, capture_output=True)
+    assert_clean_error(proc, 1, "pip install 'charrnn[serve]'")
