@@ -115,7 +115,8 @@ def _score_block(model: CharRNN, vocab: Vocab, block: Sequence[tuple[Text, str |
             nll[k], unknown[k] = long_nll(model, vocab, text)
     lengths = [len(block[k][0]) for k in short]
     joined = "".join(block[k][0] for k in short)  # type: ignore[misc] (short records are strings)
-    ids = dict(zip(short, np.split(vocab.lookup(joined), np.cumsum(lengths)[:-1]), strict=True))
+    pieces_by_record = np.split(vocab.lookup(joined), np.cumsum(lengths)[:-1]) if short else []
+    ids = dict(zip(short, pieces_by_record, strict=True))
     for k, i in ids.items():
         unknown[k] = int((i < 0).sum())
         nll[k] = np.inf if unknown[k] else nll[k]

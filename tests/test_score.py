@@ -155,6 +155,8 @@ def test_a_long_record_runs_alone_piece_by_piece_and_scores_as_the_definition(mo
         assert scores[k].loss == pytest.approx(_one_stream_nll(model, vocab, records[k]), rel=1e-9)
     assert scores[2].loss == math.inf and scores[2].unknown == 3 and scores[2].chars == 203
     assert math.isnan(scores[3].loss)
+    (alone,) = score_records(model, vocab, [long])  # a block of one long record and no short one
+    assert alone.loss == scores[1].loss
 
 
 def test_a_record_kept_in_a_file_is_written_as_it_would_be_whole(monkeypatch) -> None:
