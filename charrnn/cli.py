@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ class Stdout:
         self.interactive = self._out.isatty()
 
     def write(self, *texts: str) -> None:
+        self.write_all(texts)
+
+    def write_all(self, texts: Iterable[str]) -> None:
+        """Each text as it comes: a record or prime of any length goes out piece by piece."""
         for text in texts:
             self._guard(self._out.write, text.encode("utf-8", "surrogateescape"))
 
@@ -234,7 +239,8 @@ def sample(
     if prime_file is not None:
         primes = [line for line, _ in source_records(sources_from_args([prime_file]), "line")]
         for prime_text, text in zip(primes, lm.samples(primes, length, sampling, seed, stop), strict=True):
-            out.write(*pieces(prime_text), text, "" if text.endswith("\n") else "\n")  # one line per prime
+            out.write_all(pieces(prime_text))
+            out.write(text, "" if text.endswith("\n") else "\n")  # one line per prime
             out.flush()
     elif num_samples == 1:
         chars = lm.stream(prime, length, sampling, seed, stop)
@@ -270,7 +276,8 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
     out = Stdout()
     unknown = 0
     for result in lm.score_sources(sources_from_args(files or ("-",)), by):
-        out.write(*(result.json_pieces() if as_json else result.tsv_pieces()), "\n")
+        out.write_all(result.json_pieces() if as_json else result.tsv_pieces())
+        out.write("\n")
         unknown += result.unknown > 0
     out.flush()
     if unknown:
@@ -386,7 +393,7 @@ def runs(root: Path, as_json: bool) -> None:
     out = Stdout()
     rows = list_runs(root)
     if as_json:
-        out.write(*(json.dumps(row.to_dict()) + "\n" for row in rows))
+        out.write_all(json.dumps(row.to_dict()) + "\n" for row in rows)
     elif rows:
         out.write(format_table(rows), "\n")
     else:
