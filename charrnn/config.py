@@ -31,10 +31,22 @@ class ModelConfig:
     hidden_size: int = 256  # H, units per layer
     num_layers: int = 2  # stacked cells
     dropout: float = 0.0  # inverted dropout between layers, training only
+    output_dropout: float = 0.0  # dropout on the top layer's output, before the read-out
+    locked_dropout: bool = False  # one mask per chunk and stream, shared over its steps (variational)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, one mask per chunk
 
     def shape(self, vocab_size: int) -> ModelShape:
         """The shape of this model over a vocabulary of `vocab_size` characters."""
-        return ModelShape(vocab_size, self.cell, self.hidden_size, self.num_layers, self.dropout)
+        return ModelShape(
+            vocab_size,
+            self.cell,
+            self.hidden_size,
+            self.num_layers,
+            self.dropout,
+            self.output_dropout,
+            self.locked_dropout,
+            self.weight_drop,
+        )
 
 
 @dataclass
@@ -135,7 +147,8 @@ def validate(config: Config) -> None:
     _check(m.cell in CELLS, "model.cell", " | ".join(CELLS), m.cell)
     _check(m.hidden_size >= 1, "model.hidden_size", ">= 1", m.hidden_size)
     _check(m.num_layers >= 1, "model.num_layers", ">= 1", m.num_layers)
-    _check(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
+    for key in ("dropout", "output_dropout", "weight_drop"):
+        _check(0 <= getattr(m, key) < 1, f"model.{key}", "in [0, 1)", getattr(m, key))
     approx_params = m.num_layers * 4 * m.hidden_size * 2 * m.hidden_size
     _check(approx_params <= MAX_PARAMS, "model.hidden_size", "small enough to fit in memory", m.hidden_size)
     for key in ("batch_size", "seq_len", "lr_decay_every", "eval_every", "log_every"):

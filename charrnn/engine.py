@@ -82,7 +82,7 @@ class NumpyEngine:
         model = self.model
         if self.carry is None:
             self.carry = model.initial_state(inputs.shape[1])
-        loss, carry = model.loss(inputs, targets, self.carry, self.rng if model.shape.dropout > 0 else None)
+        loss, carry = model.loss(inputs, targets, self.carry, self.rng if model.shape.stochastic else None)
         if not math.isfinite(loss):
             raise NonFiniteError(f"loss is not finite ({loss})")
         grads = model.backward()

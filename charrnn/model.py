@@ -1,11 +1,19 @@
 """`CharRNN`: one-hot characters in, stacked recurrent cells, a linear read-out, softmax loss.
 
-    x_t (one-hot, V) -> [cell 0] -> dropout -> [cell 1] -> ... -> h_t (H) -> y_t = W_hy^T h_t + b_y (V)
+    x_t (one-hot, V) -> [cell 0] -> dropout -> [cell 1] -> ... -> h_t (H) -> output dropout
+        -> y_t = W_hy^T h_t + b_y (V)
 
 Parameters live in one flat dict of named arrays (the checkpoint's names):
 `layers.{i}.W_xh` (V for layer 0, else H; G*H), `layers.{i}.W_hh` (H, G*H), `layers.{i}.b_h` (G*H,),
 `layers.{i}.b_hn` (H,) for GRU only, `W_hy` (H, V), `b_y` (V,); G is the cell's number of gates.
 The carried state is one array `(L, S, B, H)`: L layers, S state arrays per cell (LSTM: h, c).
+
+Regularisers (training only, inverted so that inference uses the weights as they are; see
+`ModelShape`): dropout on the outputs of the layers below the top (`dropout`) and on the top
+layer's output before the read-out (`output_dropout`), each mask drawn per element or, with
+`locked_dropout`, once per chunk and stream and shared by all T steps (variational dropout);
+DropConnect on every `W_hh` (`weight_drop`): one mask per chunk and layer, shared by all steps
+and streams, so `W_hh * M` is the recurrent matrix for the whole chunk and `dW_hh = dW_eff * M`.
 """
 
 from __future__ import annotations
@@ -27,7 +35,19 @@ class ModelShape:
     cell: str = "rnn"
     hidden_size: int = 128
     num_layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the outputs of every layer but the top
+    output_dropout: float = 0.0  # on the top layer's output, before the read-out
+    locked_dropout: bool = False  # one dropout mask per chunk and stream, shared over the T steps
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per chunk and layer
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether training draws random masks."""
+        return self.dropout > 0 or self.output_dropout > 0 or self.weight_drop > 0
+
+    def layer_dropout(self, i: int) -> float:
+        """The dropout rate on the output of layer i."""
+        return self.output_dropout if i == self.num_layers - 1 else self.dropout
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The name and shape of every parameter, in a stable order."""
@@ -62,6 +82,17 @@ def init_params(shape: ModelShape, rng: np.random.Generator, dtype: np.dtype) ->
     return init_arrays(shape.param_shapes(), shape.hidden_size, rng, dtype)
 
 
+def dropout_mask(out: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Fill `out` with an inverted-dropout mask: 0 with probability p, else 1 / (1 - p), drawn
+    as floor(u + 1 - p) / (1 - p) with u ~ U[0, 1) (the torch engine draws it the same way)."""
+    keep = 1.0 - p
+    rng.random(out=out, dtype=out.dtype)
+    out += keep
+    np.floor(out, out=out)
+    out *= 1.0 / keep
+    return out
+
+
 class RecurrentStack:
     """Token ids in, stacked cells, top hidden states out: the part of every graph that recurs.
 
@@ -82,6 +113,7 @@ class RecurrentStack:
         self._infer_ws = [Workspace() for _ in range(shape.num_layers)]
         self._caches: list | None = None
         self._infer_weights: list | None = None
+        self._weight_masks: list[np.ndarray] = []
 
     def _p(self, i: int, name: str) -> np.ndarray:
         return self.params[f"{self.prefix}layers.{i}.{name}"]
@@ -90,17 +122,29 @@ class RecurrentStack:
         """A zero state (L, S, B, H)."""
         return np.zeros(self.shape.state_shape(batch), self.dtype)
 
-    def prepare(self, train: bool) -> list[dict[str, Any]]:
+    def prepare(self, train: bool, dropout_rng: np.random.Generator | None = None) -> list[dict[str, Any]]:
         """Per layer, the forms of the current weights that `forward` multiplies by, in the
         training or the inference workspaces: the cell's `prepare` (see `charrnn.layers.rnn`)
-        plus "input", the embedding tables for layer 0 and `W_xh^T` above it."""
+        plus "input", the embedding tables for layer 0 and `W_xh^T` above it. With a
+        `dropout_rng` and `weight_drop`, each layer's `W_hh` is replaced by `W_hh * M`, a fresh
+        DropConnect mask M per layer, kept in `self._weight_masks` for `backward`."""
         workspaces = self._train_ws if train else self._infer_ws
+        drop = self.shape.weight_drop if train and dropout_rng is not None else 0.0
+        masks: list[np.ndarray] = []
         weights = []
         for i, ws in enumerate(workspaces):
-            w = self.cell.prepare({name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}, ws)
+            recurrent = {name: self._p(i, name) for name in self.cell.RECURRENT_PARAMS}
+            if drop > 0:
+                W_hh = recurrent["W_hh"]
+                mask = dropout_mask(ws.get("W_hh_mask", W_hh.shape, self.dtype), drop, dropout_rng)
+                recurrent["W_hh"] = np.multiply(W_hh, mask, out=ws.get("W_hh_dropped", W_hh.shape, self.dtype))
+                masks.append(mask)
+            w = self.cell.prepare(recurrent, ws)
             W_xh, b_h = self._p(i, "W_xh"), self._p(i, "b_h")
             w["input"] = embedding.table(W_xh, b_h, ws) if i == 0 else transposed(ws, "W_xh_T", W_xh)
             weights.append(w)
+        if train:
+            self._weight_masks = masks
         return weights
 
     def forward(
@@ -113,13 +157,16 @@ class RecurrentStack:
     ) -> tuple[np.ndarray, np.ndarray]:
         """ids (T, B), state (L, S, B, H) -> top hidden states (H, T, B), new state (L, S, B, H).
 
-        With train=True, keeps what `backward` needs and applies dropout if `dropout_rng` is given.
-        reuse_weights=True skips `prepare` and uses what the last inference call prepared: for a
-        run of inference calls (generation, evaluation) while the parameters do not change.
+        With train=True, keeps what `backward` needs and applies the regularisers if
+        `dropout_rng` is given. reuse_weights=True skips `prepare` and uses what the last
+        inference call prepared: for a run of inference calls (generation, evaluation) while
+        the parameters do not change.
         """
         workspaces = self._train_ws if train else self._infer_ws
+        if not train:
+            dropout_rng = None
         if train or not reuse_weights or self._infer_weights is None:
-            weights = self.prepare(train)
+            weights = self.prepare(train, dropout_rng)
             if not train:
                 self._infer_weights = weights
         else:
@@ -138,26 +185,18 @@ class RecurrentStack:
             hs, stateT, cell_cache = self.cell.forward(xw, state[i].transpose(0, 2, 1), w, ws)
             new_state[i] = stateT.transpose(0, 2, 1)
             mask = None
-            if train and dropout_rng is not None and self.shape.dropout > 0 and i < self.shape.num_layers - 1:
-                mask = self._dropout_mask(hs.shape, dropout_rng, ws)
-                x = ws.get("dropped", hs.shape, self.dtype)
-                np.multiply(hs, mask, out=x)
+            p = self.shape.layer_dropout(i)
+            if dropout_rng is not None and p > 0:
+                H, T, B = hs.shape
+                mask_shape = (H, 1 if self.shape.locked_dropout else T, B)
+                mask = dropout_mask(ws.get("mask", mask_shape, self.dtype), p, dropout_rng)
+                x = np.multiply(hs, mask, out=ws.get("dropped", hs.shape, self.dtype))
             else:
                 x = hs
             caches.append((layer_input, cell_cache, mask))
         if train:
             self._caches = caches
         return x, new_state
-
-    def _dropout_mask(self, shape: tuple[int, ...], rng: np.random.Generator, ws: Workspace) -> np.ndarray:
-        """Inverted dropout: 0 with probability p, else 1 / (1 - p)."""
-        keep = 1.0 - self.shape.dropout
-        mask = ws.get("mask", shape, self.dtype)
-        rng.random(out=mask, dtype=self.dtype)
-        mask += keep
-        np.floor(mask, out=mask)
-        mask *= 1.0 / keep
-        return mask
 
     def backward(
         self, dtop: np.ndarray | None, dstateT: np.ndarray | None = None
@@ -181,6 +220,8 @@ class RecurrentStack:
             dstate_i = None if dstateT is None else dstateT[i].transpose(0, 2, 1)
             dxw, dstate0_i, cell_grads = self.cell.backward(dx, cell_cache, dstate_i, ws)
             dstate0[i] = dstate0_i.transpose(0, 2, 1)
+            if self._weight_masks:
+                cell_grads["W_hh"] *= self._weight_masks[i]
             for name, grad in cell_grads.items():
                 grads[f"{self.prefix}layers.{i}.{name}"] = grad
             if i == 0:

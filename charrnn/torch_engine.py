@@ -1,14 +1,17 @@
 """The torch engine (`train.engine: torch`): charrnn's model, batches, loss, optimizers and
 schedule on PyTorch's arithmetic, on a CPU or a GPU, in one process or many under `torchrun`.
 
-The model is one `nn.RNN`/`nn.LSTM`/`nn.GRU` per layer (inverted dropout between them, its masks
-drawn from the engine's own `torch.Generator`, saved with the checkpoint) and an `nn.Linear`
-read-out, fed one-hot characters. charrnn's parameters are views of the modules' tensors
-(`interop.py` proves the mapping): `layers.{k}.W_xh` = `weight_ih_l0^T`, `W_hh` = `weight_hh_l0^T`,
-`b_h` = `bias_ih_l0`, a GRU's `b_hn` = `bias_hh_l0[2H:]`, `W_hy` = `weight^T`, `b_y` = `bias`. The
-rest of `bias_hh_l0`, which charrnn does not have, stays zero: never updated. The optimizer is
-charrnn's own definition (`charrnn.optim`), written again in torch operations on those views,
-in the same order of operations, so both engines agree to rounding.
+The model is one `nn.RNN`/`nn.LSTM`/`nn.GRU` per layer and an `nn.Linear` read-out, fed one-hot
+characters, with the numpy engine's regularisers (`charrnn.model`): inverted dropout between the
+layers and before the read-out, per element or locked over the chunk's steps, and DropConnect
+on `weight_hh` (the module called with `weight_hh * M` by `torch.func.functional_call`), every
+mask drawn from the engine's own `torch.Generator`, saved with the checkpoint. charrnn's
+parameters are views of the modules' tensors (`interop.py` proves the mapping): `layers.{k}.W_xh`
+= `weight_ih_l0^T`, `W_hh` = `weight_hh_l0^T`, `b_h` = `bias_ih_l0`, a GRU's `b_hn` =
+`bias_hh_l0[2H:]`, `W_hy` = `weight^T`, `b_y` = `bias`. The rest of `bias_hh_l0`, which charrnn
+does not have, stays zero: never updated. The optimizer is charrnn's own definition
+(`charrnn.optim`), written again in torch operations on those views, in the same order of
+operations, so both engines agree to rounding.
 
 On a GPU everything stays on the device: the chunk's ids go up, nothing comes down but what a
 metrics event logs (the loss, read by `float()`), an evaluation's sum, and a checkpoint.
@@ -157,19 +160,26 @@ class TorchEngine:
         finals = []
         for k, layer in enumerate(self.layers):
             if self.shape.cell == "lstm":
-                out, (h, c) = layer(layer_input, (carry[k, 0][None].contiguous(), carry[k, 1][None].contiguous()))
-                finals.append(torch.cat([h, c]))
+                state: Any = (carry[k, 0][None].contiguous(), carry[k, 1][None].contiguous())
             else:
-                out, h = layer(layer_input, carry[k, 0][None].contiguous())
-                finals.append(h)
-            if train and self.shape.dropout > 0 and k < len(self.layers) - 1:
-                out = out * self._dropout_mask(out.shape)
+                state = carry[k, 0][None].contiguous()
+            if train and self.shape.weight_drop > 0:
+                W = layer.weight_hh_l0  # (G, H): charrnn's W_hh (H, G) transposed, as is its mask
+                mask = self._dropout_mask((W.shape[1], W.shape[0]), self.shape.weight_drop).T
+                out, final = torch.func.functional_call(layer, {"weight_hh_l0": W * mask}, (layer_input, state))
+            else:
+                out, final = layer(layer_input, state)
+            finals.append(torch.cat(final) if self.shape.cell == "lstm" else final)
+            p = self.shape.layer_dropout(k)
+            if train and p > 0:
+                T, B, H = out.shape  # the mask is drawn in the numpy engine's (H, T, B) layout
+                out = out * self._dropout_mask((H, 1 if self.shape.locked_dropout else T, B), p).permute(1, 2, 0)
             layer_input = out
         return self.readout(layer_input), torch.stack(finals)
 
-    def _dropout_mask(self, size: tuple[int, ...]) -> Any:
+    def _dropout_mask(self, size: tuple[int, ...], p: float) -> Any:
         """Inverted dropout, as the numpy engine draws it: floor(u + keep) / keep, u ~ U[0, 1)."""
-        keep = 1.0 - self.shape.dropout
+        keep = 1.0 - p
         mask = torch.rand(size, generator=self.generator, device=self.device, dtype=self.dtype)
         return mask.add_(keep).floor_().mul_(1.0 / keep)
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,10 +72,18 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def make_model(
-    cell: str, layers: int = 2, dropout: float = 0.0, V: int = 7, H: int = 5, seed: int = 0, scale: float = 3.0
+    cell: str,
+    layers: int = 2,
+    dropout: float = 0.0,
+    V: int = 7,
+    H: int = 5,
+    seed: int = 0,
+    scale: float = 3.0,
+    **regularisers: Any,
 ) -> CharRNN:
-    """A float64 model with weights large enough that every nonlinearity is exercised."""
-    shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers, dropout=dropout)
+    """A float64 model with weights large enough that every nonlinearity is exercised;
+    `regularisers`: other `ModelShape` fields (output_dropout, locked_dropout, weight_drop)."""
+    shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers, dropout=dropout, **regularisers)
     params = init_params(shape, np.random.default_rng(seed), np.dtype(np.float64))
     for p in params.values():
         p *= scale

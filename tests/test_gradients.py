@@ -37,11 +37,21 @@ def test_cell_backward_matches_finite_differences(cell: str) -> None:
         assert rel_error(grads[name], numeric_grad(f, p)) < TOL, name
 
 
+REGULARISERS = {
+    "none": {},
+    "dropout": {"dropout": 0.4},
+    "output dropout": {"output_dropout": 0.3},
+    "locked dropout": {"dropout": 0.4, "output_dropout": 0.3, "locked_dropout": True},
+    "DropConnect": {"weight_drop": 0.5},
+    "all": {"dropout": 0.4, "output_dropout": 0.3, "locked_dropout": True, "weight_drop": 0.5},
+}
+
+
 @pytest.mark.parametrize("cell", sorted(CELLS))
-@pytest.mark.parametrize("dropout", [0.0, 0.4])
-def test_model_gradients_for_every_parameter_and_initial_state(cell: str, dropout: float) -> None:
-    """Two stacked layers; with dropout the mask is fixed by re-seeding its generator."""
-    model = make_model(cell, layers=2, dropout=dropout)
+@pytest.mark.parametrize("regularisers", REGULARISERS.values(), ids=REGULARISERS.keys())
+def test_model_gradients_for_every_parameter_and_initial_state(cell: str, regularisers: dict) -> None:
+    """Two stacked layers; the masks are fixed by re-seeding their generator."""
+    model = make_model(cell, layers=2, **regularisers)
     rng = np.random.default_rng(2)
     T, B = 4, 3
     ids, targets = rng.integers(0, 7, (T, B)), rng.integers(0, 7, (T, B))
@@ -49,7 +59,7 @@ def test_model_gradients_for_every_parameter_and_initial_state(cell: str, dropou
     dstateT = rng.normal(size=model.shape.state_shape(B))  # as if a later chunk sent gradient back
 
     def f() -> float:
-        mask_rng = np.random.default_rng(5) if dropout else None
+        mask_rng = np.random.default_rng(5) if regularisers else None
         value, stateT = model.loss(ids, targets, state0, mask_rng)
         return value + float(np.sum(stateT * dstateT))
 
@@ -60,6 +70,35 @@ def test_model_gradients_for_every_parameter_and_initial_state(cell: str, dropou
     for name, p in model.params.items():
         assert rel_error(grads[name], numeric_grad(f, p)) < TOL, name
     assert rel_error(dstate0, numeric_grad(f, state0)) < TOL
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_locked_dropout_keeps_one_mask_over_the_chunk_s_steps(locked: bool) -> None:
+    """What the read-out sees: with locked dropout a unit of a stream is dropped at every step
+    of the chunk or at none; per-element masks differ from step to step."""
+    model = make_model("gru", layers=2, H=40, output_dropout=0.5, locked_dropout=locked)
+    ids = np.random.default_rng(3).integers(0, 7, (30, 4))
+    model.loss(ids, ids, model.initial_state(4), np.random.default_rng(0))
+    dropped = model._cache[0] == 0  # (H, T, B): the top layer's output after dropout
+    assert 0.3 < dropped.mean() < 0.7
+    constant_over_time = (dropped.all(axis=1) | ~dropped.any(axis=1)).all()
+    assert constant_over_time == locked
+
+
+def test_drop_connect_masks_w_hh_for_the_chunk_and_only_in_training() -> None:
+    """The recurrence a chunk trains with is W_hh * M (M of 0 and 2 at p = 0.5): dropping every
+    weight the mask zeroes from the parameters leaves that chunk's loss unchanged."""
+    model = make_model("rnn", layers=1, weight_drop=0.5)
+    ids = np.random.default_rng(3).integers(0, 7, (6, 2))
+    state = model.initial_state(2)
+    loss, _ = model.loss(ids, ids, state, np.random.default_rng(9))
+    mask = model.stack._weight_masks[0].copy()
+    assert set(np.unique(mask)) == {0.0, 2.0}
+    plain, _ = model.loss(ids, ids, state)
+    assert plain != loss
+    model.params["layers.0.W_hh"] *= mask
+    again, _ = model.loss(ids, ids, state)
+    assert again == pytest.approx(loss, rel=1e-12)
 
 
 def test_dropout_changes_the_loss_only_in_training() -> None:

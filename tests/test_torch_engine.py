@@ -68,6 +68,40 @@ def test_torch_steps_equal_numpy_steps_in_float64(cell: str, optimizer: str) -> 
     np.testing.assert_allclose(theirs.carry, ours.carry, rtol=1e-9, atol=1e-12)
 
 
+def _pattern(shape: tuple[int, ...], p: float) -> np.ndarray:
+    """A fixed inverted-dropout mask of `shape`: what both engines draw, made deterministic."""
+    u = (np.arange(int(np.prod(shape))) * 0.6180339887498949 + p) % 1.0
+    return (np.floor(u + 1 - p) / (1 - p)).reshape(shape)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_regularisers_mean_the_same_on_both_engines(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropout between the layers and before the read-out, locked over the steps, and DropConnect
+    on W_hh: with each engine's masks replaced by the same fixed ones (drawn in the same layout),
+    8 steps give the same weights to 1e-9."""
+    import charrnn.model
+    from charrnn.torch_engine import TorchEngine
+
+    def numpy_mask(out: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+        out[...] = _pattern(out.shape, p)
+        return out
+
+    monkeypatch.setattr(charrnn.model, "dropout_mask", numpy_mask)
+    monkeypatch.setattr(TorchEngine, "_dropout_mask", lambda self, size, p: self._tensor(_pattern(size, p)))
+    regularisers = {"dropout": 0.3, "output_dropout": 0.4, "locked_dropout": True, "weight_drop": 0.5}
+
+    def trained(engine: str) -> checkpoint.Checkpoint:
+        state = _state(engine, cell, "adam", **HARD)
+        config = build_config([state.config.to_dict(), {"model": regularisers}])
+        return _steps(new_state(config, VOCAB), 8).to_checkpoint()
+
+    ours, theirs = trained("numpy"), trained("torch")
+    assert ours.shape.weight_drop == 0.5
+    assert _rel(theirs.params, ours.params) < 1e-9
+    plain = _steps(_state("numpy", cell, "adam", **HARD), 8).to_checkpoint()
+    assert _rel(plain.params, ours.params) > 1e-3  # the masks did change the training
+
+
 @pytest.mark.parametrize(("first", "then"), [("numpy", "torch"), ("torch", "numpy")])
 def test_switching_engine_at_resume_equals_not_switching(first: str, then: str) -> None:
     stay = _steps(_state(first, "gru", "adam", **HARD), 8).to_checkpoint()
@@ -97,7 +131,8 @@ TORCH = [*TINY, "-s", "train.engine=torch", "-q"]
 
 def test_two_n_steps_equal_n_plus_n_bitwise_with_dropout(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
-    dropout = ["-s", "model.num_layers=2", "-s", "model.dropout=0.3", "-s", "train.eval_every=7"]
+    dropout = ["-s", "model.num_layers=2", "-s", "model.dropout=0.3", "-s", "model.output_dropout=0.2"]
+    dropout += ["-s", "model.locked_dropout=true", "-s", "model.weight_drop=0.2", "-s", "train.eval_every=7"]
     assert run_cli("train", corpus, "-o", "once", *TORCH, *dropout, "--steps", "12", cwd=tmp_path).returncode == 0
     for _ in range(2):
         proc = run_cli("train", corpus, "-o", "twice", *TORCH, *dropout, "--steps", "6", cwd=tmp_path)

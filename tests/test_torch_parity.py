@@ -142,3 +142,37 @@ def test_decoupled_weight_decay_matches_torch_adamw_on_matrices_and_spares_biase
         topt.step()
     assert rel_error(params["W"], tW.detach().numpy()) < 1e-12
     assert rel_error(params["b"], tb.detach().numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_drop_connect_and_locked_output_dropout_match_torch_with_the_same_masks(cell: str) -> None:
+    """torch runs with our masks: `weight_hh` multiplied by each layer's DropConnect mask, the
+    top output by the locked (1, B, H) mask. Its gradient on the masked matrix, times the mask,
+    is ours on W_hh; every other value and gradient is equal as it is."""
+    model = make_model(cell, layers=L, V=V, H=H, scale=1.5, weight_drop=0.3, output_dropout=0.4, locked_dropout=True)
+    rng = np.random.default_rng(8)
+    state = rng.normal(size=model.shape.state_shape(B)) * 0.5
+    ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    ours, _ = model.loss(ids, targets, state, np.random.default_rng(11))
+    grads = model.backward()
+    weight_masks = model.stack._weight_masks
+    out_mask = model.stack._caches[-1][2]  # (H, 1, B)
+    assert out_mask.shape == (H, 1, B) and len(weight_masks) == L
+
+    net, head = torch_twin(model)
+    with torch.no_grad():
+        for i in range(L):
+            getattr(net, f"weight_hh_l{i}").mul_(torch.from_numpy(weight_masks[i].T))
+    t_state = torch_state(state, cell)
+    x = torch.nn.functional.one_hot(torch.from_numpy(ids), V).double()
+    out, _ = net(x, tuple(t_state) if cell == "lstm" else t_state[0])
+    logits = head(out * torch.from_numpy(out_mask).permute(1, 2, 0))
+    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(targets).reshape(-1))
+    theirs.backward()
+
+    assert abs(ours - theirs.item()) <= TOL * abs(theirs.item())
+    expected = torch_grads(net, head, cell)
+    for i in range(L):
+        expected[f"layers.{i}.W_hh"] = expected[f"layers.{i}.W_hh"] * weight_masks[i]
+    for name, value in expected.items():
+        assert rel_error(grads[name], value) < TOL, name

@@ -55,7 +55,8 @@ def training_started(run_dir: Path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_resume_is_bitwise_equal(tmp_path: Path, corpus: Path, dtype: str) -> None:
-    """2N steps in one invocation == N + N in two: weights, optimizer moments, carried state."""
+    """2N steps in one invocation == N + N in two: weights, optimizer moments, carried state,
+    with every regulariser drawing masks."""
     settings = [
         *TINY,
         "-q",
@@ -67,6 +68,12 @@ def test_resume_is_bitwise_equal(tmp_path: Path, corpus: Path, dtype: str) -> No
         "model.num_layers=2",
         "-s",
         "model.dropout=0.3",
+        "-s",
+        "model.output_dropout=0.2",
+        "-s",
+        "model.locked_dropout=true",
+        "-s",
+        "model.weight_drop=0.2",
         "-s",
         "train.eval_every=7",
     ]
