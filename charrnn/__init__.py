@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 # after __version__, which cli imports
 from charrnn.api import LanguageModel, load
+from charrnn.dynamic import DynamicSettings
 from charrnn.sample import Sampling
 
-__all__ = ["LanguageModel", "Sampling", "__version__", "load"]
+__all__ = ["DynamicSettings", "LanguageModel", "Sampling", "__version__", "load"]

@@ -5,6 +5,7 @@ lm = charrnn.load("runs/shakespeare")          # a run directory or a .npz
 lm.sample("ROMEO:", 200, temperature=0.8, seed=1)
 lm.score("To be, or not to be")                  # nats per character
 lm.next_char_probs("ROMEO")                      # {"\\n": 0.01, ":": 0.93, ...}
+lm.evaluate_dynamic(open("heldout.txt").read())  # static and dynamic loss (charrnn.dynamic)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from charrnn import checkpoint
 from charrnn.config import Config
 from charrnn.data import UNITS, LongText, Source, iter_text, pieces
+from charrnn.dynamic import DynamicResult, DynamicSettings, evaluate_dynamic, gradient_rms
 from charrnn.errors import ArgumentTypeError, ArgumentValueError, check_int, check_str
 from charrnn.evaluate import EvalResult, evaluate_blocks
 from charrnn.model import CharRNN, ModelShape
@@ -43,6 +45,7 @@ class LanguageModel:
         self.shape: ModelShape = ckpt.shape
         self.step: int = ckpt.meta["step"]
         self.model: CharRNN = ckpt.model()
+        self._gradient_rms = gradient_rms(ckpt.optim_state, ckpt.meta)  # for dynamic evaluation
 
     def twin(self) -> LanguageModel:
         """The same model (the same weights, only read) with working buffers of its own, for
@@ -147,6 +150,26 @@ class LanguageModel:
         stays flat however long the text is."""
         blocks = (self.vocab.encode(block) for source in sources for block in iter_text(source))
         return evaluate_blocks(self.model, blocks, check_int(seq_len, "seq_len", 1))
+
+    def evaluate_dynamic(self, text: str, settings: DynamicSettings | None = None) -> DynamicResult:
+        """`charrnn eval --dynamic`: the loss of `text` read as in `evaluate`, by the trained
+        weights (static) and by a copy that takes a gradient step after each segment it has
+        scored (dynamic; see `charrnn.dynamic`). The model's weights are not changed."""
+        blocks = map(self.vocab.encode, pieces(check_str(text, "text")))
+        return self._dynamic(blocks, settings)
+
+    def evaluate_dynamic_sources(
+        self, sources: Sequence[Source], settings: DynamicSettings | None = None
+    ) -> DynamicResult:
+        """`evaluate_dynamic` of the concatenated files or standard input, read block by block."""
+        blocks = (self.vocab.encode(block) for source in sources for block in iter_text(source))
+        return self._dynamic(blocks, settings)
+
+    def _dynamic(self, blocks: Iterable[np.ndarray], settings: DynamicSettings | None) -> DynamicResult:
+        if settings is not None and not isinstance(settings, DynamicSettings):
+            raise ArgumentTypeError(f"settings must be a DynamicSettings, got {type(settings).__name__}")
+        settings = settings or DynamicSettings()
+        return evaluate_dynamic(self.shape, self.model.params, blocks, settings, self._gradient_rms)
 
 
 def _check_generation(primes: Sequence[object], length: object, sampling: object, seed: object, stop: object) -> None:

@@ -17,7 +17,9 @@ from charrnn.api import LanguageModel, load
 from charrnn.config import ENGINES, Config, load_yaml, parse_override
 from charrnn.data import UNITS, head, pieces, source_records, sources_from_args
 from charrnn.distributed import World
+from charrnn.dynamic import RULES, DynamicSettings
 from charrnn.errors import CharRNNError, SignalError
+from charrnn.evaluate import EvalResult
 from charrnn.interop import export_safetensors, import_safetensors
 from charrnn.onnx_export import export_onnx
 from charrnn.plot import plot_runs
@@ -284,6 +286,9 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
         click.echo(f"charrnn: {unknown} record(s) hold characters the model never saw (scored inf)", err=True)
 
 
+DYNAMIC = DynamicSettings()
+
+
 @cli.command("eval")
 @click.argument("files", nargs=-1, required=True)
 @model_option
@@ -291,18 +296,49 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
 @click.option(
     "--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks)."
 )
-def eval_(files: tuple[str, ...], lm: LanguageModel, as_json: bool, seq_len: int) -> None:
-    """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity."""
+@click.option("--dynamic", is_flag=True, help="Also the dynamic loss: a copy of the weights adapts as it reads.")
+@click.option("--rule", type=click.Choice(RULES), default=DYNAMIC.rule, help="--dynamic: the update rule.")
+@click.option("--dynamic-lr", type=click.FloatRange(min=0), default=DYNAMIC.lr, help="--dynamic: learning rate.")
+@click.option(
+    "--decay", type=click.FloatRange(0, 1), default=DYNAMIC.decay, help="--dynamic: decay toward the trained weights."
+)
+@click.option(
+    "--segment", type=click.IntRange(min=1), default=DYNAMIC.segment, help="--dynamic: characters per update."
+)
+def eval_(
+    files: tuple[str, ...],
+    lm: LanguageModel,
+    as_json: bool,
+    seq_len: int,
+    dynamic: bool,
+    rule: str,
+    dynamic_lr: float,
+    decay: float,
+    segment: int,
+) -> None:
+    """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity.
+
+    With --dynamic, the loss of the trained weights (static) and of a copy that takes a
+    gradient step on each segment after scoring it (dynamic evaluation); --json then prints
+    {"static": {...}, "dynamic": {...}, "settings": {...}}. The checkpoint is not changed.
+    """
     out = Stdout()
-    result = lm.evaluate_sources(sources_from_args(files), seq_len)
-    if as_json:
-        out.write(json.dumps(result.to_dict()), "\n")
+    sources = sources_from_args(files)
+    if not dynamic:
+        result = lm.evaluate_sources(sources, seq_len)
+        out.write(json.dumps(result.to_dict()) + "\n" if as_json else _eval_lines(result, "", 11))
     else:
-        out.write(
-            f"loss        {result.loss:.4f} nats/char\nbpc         {result.bpc:.4f}\n"
-            f"perplexity  {result.perplexity:.4f}\nchars       {result.chars}\n"
-        )
+        both = lm.evaluate_dynamic_sources(sources, DynamicSettings(rule, dynamic_lr, decay, segment))
+        text = _eval_lines(both.static, "static ", 19) + _eval_lines(both.dynamic, "dynamic ", 19)
+        out.write(json.dumps(both.to_dict()) + "\n" if as_json else text)
     out.flush()
+
+
+def _eval_lines(result: EvalResult, prefix: str, width: int) -> str:
+    """`charrnn eval`'s lines: loss, bpc, perplexity, chars, each label `prefix`ed and padded."""
+    values = [f"{result.loss:.4f} nats/char", f"{result.bpc:.4f}", f"{result.perplexity:.4f}", str(result.chars)]
+    labels = ["loss", "bpc", "perplexity", "chars"]
+    return "".join(f"{prefix + label:<{width}} {value}\n" for label, value in zip(labels, values, strict=True))
 
 
 EXPORTERS = {".safetensors": export_safetensors, ".onnx": export_onnx}
