@@ -149,6 +149,11 @@ def _config_keys_help() -> str:
 @click.option("--engine", type=click.Choice(ENGINES), help="Shortcut for --set train.engine=NAME.")
 @click.option("--device", help="Shortcut for --set train.device=DEVICE (torch engine: cpu, cuda, cuda:N, mps).")
 @click.option("--fresh", is_flag=True, help="Start over even if the run directory has a checkpoint.")
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    help="Fine-tune: a new run starts from this run's (or .npz's) weights; fresh optimizer and schedule.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; a few plain log lines.")
 def train(
     corpus: tuple[str, ...],
@@ -161,11 +166,14 @@ def train(
     engine: str | None,
     device: str | None,
     fresh: bool,
+    init_from: Path | None,
     quiet: bool,
 ) -> None:
     """Train on CORPUS files (or - for standard input), resuming the run directory's checkpoint.
 
-    Writes config.yaml, latest.npz, best.npz and metrics.jsonl into the run directory.
+    Writes config.yaml, latest.npz, best.npz and metrics.jsonl into the run directory. With
+    --init-from, a new run starts from another run's weights (its vocabulary extended by new
+    characters) with a fresh optimizer, data cursor and schedule from the config.
     """
     layers: list[dict[str, Any]] = [load_yaml(config_file)] if config_file else []
     layers += [parse_override(text) for text in overrides]
@@ -180,6 +188,7 @@ def train(
         time_limit=time_limit,
         fresh=fresh,
         progress_bar=False if quiet else None,
+        init_from=init_from,
     )
 
 

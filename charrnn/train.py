@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from charrnn import checkpoint
 from charrnn.checkpoint import Checkpoint, training_meta
 from charrnn.config import Config, build_config
 from charrnn.corpus import load_ids
@@ -33,7 +34,7 @@ from charrnn.metrics import Event, MetricsLog
 from charrnn.model import ModelShape, init_params
 from charrnn.optim import learning_rate
 from charrnn.progress import Progress
-from charrnn.rundir import RunDir
+from charrnn.rundir import RunDir, find_model
 from charrnn.vocab import Vocab, describe_chars
 
 
@@ -90,6 +91,27 @@ def new_state(config: Config, vocab: Vocab) -> TrainState:
     rng = np.random.default_rng(config.train.seed)
     params = init_params(config.model.shape(len(vocab)), rng, np.dtype(config.train.dtype))
     return TrainState(config, vocab, _engine(config, vocab, EngineState(params, {}, 0, None, rng.bit_generator.state)))
+
+
+def init_state(base: Checkpoint, config: Config, vocab: Vocab) -> TrainState:
+    """Fine-tuning: a new run whose first weights are `base`'s, over `vocab` (base's own, or it
+    with new characters appended, their rows initialised as in `grow_vocab`); the optimizer,
+    data cursor, schedule and generators start fresh from `config`, whose model must have
+    base's cell and size (its regularisers may differ)."""
+    size = ("cell", "hidden_size", "num_layers")
+    if any(getattr(config.model, k) != getattr(base.shape, k) for k in size):
+        s = base.shape
+        raise InvalidUsageError(
+            f"--init-from: its model is {s.cell} {s.num_layers}x{s.hidden_size} but the config asks for "
+            f"{config.model.cell} {config.model.num_layers}x{config.model.hidden_size}"
+        )
+    rng = np.random.default_rng(config.train.seed)
+    dtype = np.dtype(config.train.dtype)
+    params = {name: array.astype(dtype) for name, array in base.params.items()}
+    state = EngineState(params, {}, 0, None, rng.bit_generator.state)
+    if len(vocab) > len(base.vocab):
+        state = grow_vocab(state, base.shape, len(vocab))
+    return TrainState(config, vocab, _engine(config, vocab, state))
 
 
 def check_resumable(ckpt: Checkpoint, config: Config) -> None:
@@ -172,11 +194,13 @@ def train(
     time_limit: float | None = None,
     fresh: bool = False,
     progress_bar: bool | None = None,
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Train (or resume training) a model in `run_dir` on the concatenated sources.
 
     Runs `steps` steps, or until `train.max_steps` in total, or until `time_limit` seconds,
-    whichever comes first, then evaluates and saves.
+    whichever comes first, then evaluates and saves. `init_from` (a run directory or a
+    checkpoint) gives a new run its first weights: fine-tuning (see `init_state`).
     """
     asked = build_config(list(config_layers))  # a usage error must not leave an empty run directory behind
     world = _join(asked)
@@ -184,14 +208,14 @@ def train(
     try:
         if not world.is_main:  # torchrun's other ranks: read what rank 0 has prepared, write nothing
             world.barrier()
-            state, ids = _start(run, sources, config_layers, fresh, lambda message: None)
+            state, ids = _start(run, sources, config_layers, fresh, lambda message: None, init_from)
             return _loop(state, ids, run, steps, time_limit, progress_bar, world)
         with run.create().lock():
             log = Progress(0, 0, bar=False).log
             removed = run.remove_leftovers()
             if removed:
                 log(f"removed {removed} temporary file(s) left by an interrupted run")
-            state, ids = _start(run, sources, config_layers, fresh, log)
+            state, ids = _start(run, sources, config_layers, fresh, log, init_from)
             run.write_config(state.config)
             world.barrier()
             return _loop(state, ids, run, steps, time_limit, progress_bar, world)
@@ -209,14 +233,31 @@ def _join(config: Config) -> World:
 
 
 def _start(
-    run: RunDir, sources: Sequence[Source], layers: Sequence[dict[str, Any]], fresh: bool, log: Callable[[str], None]
+    run: RunDir,
+    sources: Sequence[Source],
+    layers: Sequence[dict[str, Any]],
+    fresh: bool,
+    log: Callable[[str], None],
+    init_from: Path | None = None,
 ) -> tuple[TrainState, np.ndarray]:
-    """The state to train from (the run's training state, or a new one) and the corpus as ids."""
+    """The state to train from (the run's training state, or a new one, from `init_from`'s
+    weights when given) and the corpus as ids."""
     ckpt = None if fresh else run.load_training_state(log)
+    if ckpt is None and init_from is not None:
+        found = find_model(init_from)
+        base = checkpoint.load(found)
+        ids, vocab = load_ids(sources, base.vocab, run.path)
+        state = init_state(base, build_config([{"model": base.meta["config"]["model"]}, *layers]), vocab)
+        log(f"initialised from {found} (step {base.meta['step']}, vocab {len(base.vocab)})")
+        if len(vocab) > len(base.vocab):
+            log(f"vocabulary grew by {len(vocab) - len(base.vocab)}: {describe_chars(vocab.chars[len(base.vocab) :])}")
+        return state, ids
     if ckpt is None:
         config = build_config(list(layers))
         ids, vocab = load_ids(sources, None, run.path)
         return new_state(config, vocab), ids
+    if init_from is not None:
+        log(f"{run.path} has a training state: resuming it (--init-from starts new runs; --fresh starts over)")
     config = build_config([ckpt.meta["config"], *layers])
     check_resumable(ckpt, config)
     ids, vocab = load_ids(sources, ckpt.vocab, run.path)

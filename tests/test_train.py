@@ -302,3 +302,33 @@ def test_full_disk_during_checkpoint_leaves_the_previous_one(tmp_path: Path, cor
     assert_clean_error(proc, 1, "cannot write", "latest.npz")
     assert latest.read_bytes() == good
     assert not [p for p in latest.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_init_from_starts_a_new_run_from_the_base_weights_with_a_grown_vocabulary(tmp_path: Path, corpus: Path) -> None:
+    """One step at lr 1e-30: the fine-tuned run holds the base's weights, the new characters'
+    rows appended; its optimizer, step and cursor are its own; run again, it resumes."""
+    assert run_cli("train", str(corpus), "-o", "base", *TINY, "-q", "--steps", "6", cwd=tmp_path).returncode == 0
+    (tmp_path / "new.txt").write_text(corpus.read_text(encoding="utf-8").replace("cat", "cöt!"), encoding="utf-8")
+    tune = ["train", "new.txt", "-o", "ft", "--init-from", "base", "-q", "-s", "train.lr=1e-30", *TINY[6:]]
+    proc = run_cli(*tune, "--steps", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "vocabulary grew by 2: '!', 'ö'" in proc.stderr.decode()
+    base, ft = checkpoint.load(tmp_path / "base/best.npz"), checkpoint.load(tmp_path / "ft/latest.npz")
+    assert ft.vocab.chars[: len(base.vocab)] == base.vocab.chars and len(ft.vocab) == len(base.vocab) + 2
+    assert ft.shape == base.shape.__class__(**{**vars(base.shape), "vocab_size": len(base.vocab) + 2})
+    for name, weights in base.params.items():
+        grown = ft.params[name]
+        np.testing.assert_allclose(grown[tuple(slice(0, n) for n in weights.shape)], weights, rtol=1e-6, err_msg=name)
+    assert ft.meta["step"] == 1 and ft.meta["optimizer_t"] == 1 and base.meta["step"] == 6
+    again = run_cli(*tune, "--steps", "2", cwd=tmp_path)
+    assert "resuming it" in again.stderr.decode()
+    assert checkpoint.load(tmp_path / "ft/latest.npz").meta["step"] == 3
+
+
+def test_init_from_a_model_of_another_size_is_one_line(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "base", *TINY, "-q", "--steps", "2", cwd=tmp_path).returncode == 0
+    proc = run_cli("train", str(corpus), "-o", "ft", "--init-from", "base", "-s", "model.hidden_size=8", cwd=tmp_path)
+    assert_clean_error(proc, 2, "--init-from", "rnn 1x16", "rnn 1x8")
+    assert not (tmp_path / "ft" / "latest.npz").exists()
+    missing = run_cli("train", str(corpus), "-o", "ft", "--init-from", "nowhere", cwd=tmp_path)
+    assert_clean_error(missing, 2, "nowhere")
