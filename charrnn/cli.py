@@ -423,10 +423,16 @@ def serve(
 @click.option(
     "--x", "axis", type=click.Choice(["steps", "chars", "minutes"]), default="steps", help="The horizontal axis."
 )
-def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str) -> None:
+@click.option(
+    "--ylim",
+    type=(float, float),
+    metavar="LOW HIGH",
+    help="The loss range shown  [default: the lowest loss to the highest validation loss]",
+)
+def plot(run_dirs: tuple[Path, ...], out: Path | None, axis: str, ylim: tuple[float, float] | None) -> None:
     """Plot training and validation loss of one or more RUN_DIRS (needs the 'plot' extra)."""
     target = out or run_dirs[0] / "loss.png"
-    plot_runs(list(run_dirs), target, axis)
+    plot_runs(list(run_dirs), target, axis, ylim)
     click.echo(f"wrote {target}", err=True)
 
 

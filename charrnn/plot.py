@@ -26,9 +26,12 @@ def _x(event: dict, axis: str, chars_per_step: int) -> float:
     return event["step"] * (chars_per_step if axis == "chars" else 1)
 
 
-def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
+def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps", ylim: tuple[float, float] | None = None) -> None:
     """Training loss (solid) and validation loss (dashed, dots) of each run against `axis`,
-    one colour per run, labelled `name (cell LxH)`; each run's best validation point is a star."""
+    one colour per run, labelled `name (cell LxH)`; each run's best validation point is a star.
+    The y range is `ylim` (low, high), or else the one `auto_ylim` picks."""
+    if ylim is not None and not ylim[0] < ylim[1]:
+        raise InvalidUsageError(f"--ylim needs LOW < HIGH, got {ylim[0]:g},{ylim[1]:g}")
     if out.suffix.lower() not in FORMATS:
         raise InvalidUsageError(f"the plot's file must end in {', '.join(FORMATS)}, got {out.name!r}")
     if axis not in AXES:
@@ -38,7 +41,7 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
     matplotlib = require("matplotlib", "plot")
     fig = figure_module.Figure(figsize=FIGSIZE, dpi=DPI)
     ax = fig.add_axes(AXES_RECT)
-    bests = []
+    bests, curves = [], []
     for i, (run, events, config) in enumerate(runs):
         colour = f"C{i % 10}"
         train = config.get("train") if isinstance(config.get("train"), dict) else {}
@@ -46,6 +49,7 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
         label = f"{run.resolve().name} ({describe_model(config)})"
         points = [(_x(e, axis, chars_per_step), e["train_loss"]) for e in events if _number(e.get("train_loss"))]
         vals = [(_x(e, axis, chars_per_step), e["val_loss"]) for e in events if _number(e.get("val_loss"))]
+        curves.append((points, vals))
         if points:
             ax.plot(*zip(*points, strict=True), color=colour, linewidth=1.6, label=f"{label} train")
         if vals:
@@ -53,6 +57,9 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
             best_x, best = min(vals, key=lambda p: p[1])
             ax.plot([best_x], [best], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="")
             bests.append((best_x, best))
+    low_high = ylim or auto_ylim(curves)
+    if low_high is not None:
+        ax.set_ylim(*low_high)
     left, right = ax.get_xlim()
     for best_x, best in bests:  # labels near the right edge go to the star's left, inside the axes
         at_right = best_x > left + 0.75 * (right - left)
@@ -70,6 +77,26 @@ def plot_runs(run_dirs: list[Path], out: Path, axis: str = "steps") -> None:
     fig.legend(loc="upper center", ncols=2, fontsize=8, frameon=False)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text
         atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lower()[1:]))
+
+
+def auto_ylim(curves: list[tuple[list[tuple[float, float]], list[tuple[float, float]]]]) -> tuple[float, float] | None:
+    """A y range that shows where runs differ, from each run's (x, loss) training and validation
+    points: from the lowest loss up to the highest validation loss (without validation, the
+    highest training loss after the first tenth of the run), 5% margins. The first minutes'
+    training losses, far above everything after, fall off the top instead of squeezing the
+    curves into a strip. None without points (matplotlib's own range)."""
+    ys = [y for points, vals in curves for _, y in points + vals]
+    tops = [y for _, vals in curves for _, y in vals]
+    if not tops:
+        for points, _ in curves:
+            if points:
+                first, last = points[0][0], points[-1][0]
+                tops += [y for x, y in points if x >= first + 0.1 * (last - first)]
+    if not ys or not tops:
+        return None
+    low, high = min(ys), max(tops)
+    margin = 0.05 * (high - low) if high > low else 0.05 * max(abs(high), 1.0)
+    return low - margin, high + margin
 
 
 def _number(value: object) -> bool:

@@ -65,6 +65,47 @@ def test_svg_labels_come_from_the_runs(two_runs: Path, axis: str) -> None:
     assert any(t.startswith("best ") for t in texts)
 
 
+def _y_ticks(svg: Path) -> list[float]:
+    """The y axis's tick labels: the SVG's numeric texts with a decimal point (steps are whole)."""
+    texts = [
+        "".join(t.itertext()).strip().replace("\u2212", "-")
+        for t in ET.parse(svg).iter("{http://www.w3.org/2000/svg}text")
+    ]
+    return [float(t) for t in texts if t.replace(".", "", 1).replace("-", "", 1).isdigit() and "." in t]
+
+
+def test_ylim_sets_the_range_shown(two_runs: Path) -> None:
+    out = two_runs / "zoom.svg"
+    assert run_cli("plot", "runs/alpha", "-o", str(out), "--ylim", "2.2", "2.6", cwd=two_runs).returncode == 0
+    ticks = _y_ticks(out)
+    assert len(ticks) >= 3 and min(ticks) >= 2.2 and max(ticks) <= 2.6
+    assert_clean_error(run_cli("plot", "runs/alpha", "--ylim", "2", "1", cwd=two_runs), 2, "LOW < HIGH")
+
+
+def test_auto_range_runs_from_the_lowest_loss_to_the_highest_validation_loss(two_runs: Path) -> None:
+    """The first training losses (near ln V) would squeeze the curves: they fall off the top."""
+    from charrnn.plot import auto_ylim
+
+    train = [(0, 4.2), (10, 2.4), (20, 1.9), (30, 1.5)]
+    low, high = auto_ylim([(train, [(10, 2.5), (30, 1.8)]), ([], [(20, 2.0)])])
+    assert low == pytest.approx(1.5 - 0.05) and high == pytest.approx(2.5 + 0.05)
+    low, high = auto_ylim([(train, [])])  # no validation: from a tenth of the way in
+    assert high == pytest.approx(2.4 + 0.045)
+    assert auto_ylim([([], [])]) is None
+    out = two_runs / "auto.svg"
+    assert run_cli("plot", "runs/alpha", "runs/beta", "-o", str(out), cwd=two_runs).returncode == 0
+    curves = []
+    for run in ("alpha", "beta"):
+        events = read_metrics(two_runs / "runs" / run / "metrics.jsonl")
+        curves.append(
+            tuple([(e["step"], e[key]) for e in events if e.get(key) is not None] for key in ("train_loss", "val_loss"))
+        )
+    low, high = auto_ylim(curves)
+    ticks = _y_ticks(out)
+    assert len(ticks) >= 3 and low <= min(ticks) and max(ticks) <= high
+    assert high < max(y for points, _ in curves for _, y in points)  # the first training losses are cut
+
+
 def test_a_half_written_last_line_is_skipped(two_runs: Path, tmp_path: Path) -> None:
     run = tmp_path / "live"
     run.mkdir()
