@@ -2,7 +2,8 @@
 
 Every event has `step`, `train_loss` (mean over the steps since the last event), `lr` (the
 schedule's rate at `step`), `chars_per_sec` (over the same steps) and `elapsed` (seconds since this `train`
-started); an evaluation adds `val_loss` (null without validation text). `MetricsLog` writes
+started); an evaluation adds `val_loss` (null without validation text) and `eval_seconds` (the
+time it took, with writing the checkpoints: the share of a budget that validation costs). `MetricsLog` writes
 them; `read_metrics` reads them back while a `train` may still be writing.
 """
 
@@ -29,6 +30,7 @@ class Event:
     elapsed: float
     evaluated: bool = False
     val_loss: float | None = None
+    eval_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -40,11 +42,12 @@ class Event:
         }
         if self.evaluated:
             event["val_loss"] = self.val_loss
+            event["eval_seconds"] = self.eval_seconds
         return event
 
-    def with_val_loss(self, val_loss: float | None) -> Event:
-        """The same event, with an evaluation's loss."""
-        return replace(self, evaluated=True, val_loss=val_loss)
+    def with_val_loss(self, val_loss: float | None, seconds: float = 0.0) -> Event:
+        """The same event, with an evaluation's loss and the seconds it took."""
+        return replace(self, evaluated=True, val_loss=val_loss, eval_seconds=seconds)
 
 
 class MetricsLog:

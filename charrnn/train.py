@@ -301,8 +301,9 @@ def _loop(
                 if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
                     event = _event(state, window, clock)  # the steps' speed, without the evaluation
                     if state.step % tc.eval_every == 0:
+                        started = time.perf_counter()
                         val_loss, saved_at = evaluate_and_save(state, run, val_ids, world), state.step
-                        event = event.with_val_loss(val_loss)
+                        event = event.with_val_loss(val_loss, time.perf_counter() - started)
                         progress.evaluated(event, clock.eta(state.step, target))
                     progress.show(event)
                     metrics.write(event)
@@ -311,8 +312,9 @@ def _loop(
                         progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
                         break
             if saved_at != state.step:
+                event, started = _event(state, window, clock), time.perf_counter()
                 val_loss = evaluate_and_save(state, run, val_ids, world)
-                metrics.write(_event(state, window, clock).with_val_loss(val_loss))
+                metrics.write(event.with_val_loss(val_loss, time.perf_counter() - started))
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
             raise SignalError(f"stopped by {name} at step {state.step}; saved {run.latest}", stop.signum)

@@ -332,3 +332,12 @@ def test_init_from_a_model_of_another_size_is_one_line(tmp_path: Path, corpus: P
     assert not (tmp_path / "ft" / "latest.npz").exists()
     missing = run_cli("train", str(corpus), "-o", "ft", "--init-from", "nowhere", cwd=tmp_path)
     assert_clean_error(missing, 2, "nowhere")
+
+
+def test_each_evaluation_records_how_long_it_took(tmp_path: Path, corpus: Path) -> None:
+    assert run_cli("train", str(corpus), "-o", "run", *TINY, "-q", "--steps", "25", cwd=tmp_path).returncode == 0
+    events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    evaluations = [e for e in events if "val_loss" in e]
+    assert [e["step"] for e in evaluations] == [10, 20, 25]
+    assert all(0 < e["eval_seconds"] < e["elapsed"] + 60 for e in evaluations)
+    assert all("eval_seconds" not in e for e in events if "val_loss" not in e)
