@@ -138,7 +138,9 @@ def test_score_equals_charrnn_score(folder: Path, server: str) -> None:
     assert [d["loss"] for d in data] == [e["loss"] for e in expected]
     assert [d["chars"] for d in data] == [e["chars"] for e in expected]
     one = httpx.post(f"{server}/v1/score", json={"input": "alice"}).json()["data"]
-    assert one[0]["loss"] == expected[0]["loss"]
+    # alone, the record takes the one-stream path (matrix-vector products), whose float32
+    # rounding differs from the batch's matrix products in the last bits on AVX-512 CPUs
+    assert one[0]["loss"] == pytest.approx(expected[0]["loss"], rel=1e-6)
 
 
 BAD = {
