@@ -298,6 +298,11 @@ def score(files: tuple[str, ...], lm: LanguageModel, by: str, as_json: bool) -> 
 DYNAMIC = DynamicSettings()
 
 
+def _per_rule(index: int) -> str:
+    """The rules' defaults for --dynamic-lr (0) or --decay (1), for the help."""
+    return ", ".join(f"{rule} {values[index]:g}" for rule, values in RULES.items())
+
+
 @cli.command("eval")
 @click.argument("files", nargs=-1, required=True)
 @model_option
@@ -306,10 +311,12 @@ DYNAMIC = DynamicSettings()
     "--seq-len", type=click.IntRange(min=1), default=256, help="Characters per chunk (the state carries across chunks)."
 )
 @click.option("--dynamic", is_flag=True, help="Also the dynamic loss: a copy of the weights adapts as it reads.")
-@click.option("--rule", type=click.Choice(RULES), default=DYNAMIC.rule, help="--dynamic: the update rule.")
-@click.option("--dynamic-lr", type=click.FloatRange(min=0), default=DYNAMIC.lr, help="--dynamic: learning rate.")
+@click.option("--rule", type=click.Choice(list(RULES)), default=DYNAMIC.rule, help="--dynamic: the update rule.")
+@click.option("--dynamic-lr", type=click.FloatRange(min=0), help=f"--dynamic: learning rate  [default: {_per_rule(0)}]")
 @click.option(
-    "--decay", type=click.FloatRange(0, 1), default=DYNAMIC.decay, help="--dynamic: decay toward the trained weights."
+    "--decay",
+    type=click.FloatRange(0, 1),
+    help=f"--dynamic: decay toward the trained weights  [default: {_per_rule(1)}]",
 )
 @click.option(
     "--segment", type=click.IntRange(min=1), default=DYNAMIC.segment, help="--dynamic: characters per update."
@@ -321,8 +328,8 @@ def eval_(
     seq_len: int,
     dynamic: bool,
     rule: str,
-    dynamic_lr: float,
-    decay: float,
+    dynamic_lr: float | None,
+    decay: float | None,
     segment: int,
 ) -> None:
     """Loss of a model on FILES (or - for standard input): nats/char, bits/char, perplexity.

@@ -32,25 +32,30 @@ from charrnn.evaluate import EvalResult
 from charrnn.layers.loss import xent_sum
 from charrnn.model import CharRNN, ModelShape
 
-RULES = ("rms", "sgd")
 RMS_EPS = 1e-8  # added to the training gradients' RMS before dividing by it
+RULES = {"rms": (5e-5, 3e-3), "sgd": (0.03, 0.0)}
+"""Each rule's default (lr, decay): the best of a grid on validation text that neither the
+model nor the text it is then measured on contains (benchmarks/dynamic_tune.py; RESULTS.md,
+"Quality II")."""
 
 
 @dataclass(frozen=True)
 class DynamicSettings:
     """How the weights adapt: the update rule, its learning rate and decay toward the trained
-    weights, and the characters per segment (one update each). The defaults were chosen on
-    validation text held out from training and from the text they are measured on
-    (benchmarks/dynamic_tune.py; RESULTS.md, "Dynamic evaluation")."""
+    weights (None: the rule's default in `RULES`), and the characters per segment (one update
+    each; 50 was best of 25, 50 and 100 on the same validation text)."""
 
     rule: str = "rms"
-    lr: float = 1e-4
-    decay: float = 1e-3
+    lr: float | None = None
+    decay: float | None = None
     segment: int = 50
 
     def __post_init__(self) -> None:
         if check_str(self.rule, "rule") not in RULES:
             raise ArgumentValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        lr, decay = RULES[self.rule]
+        object.__setattr__(self, "lr", lr if self.lr is None else self.lr)
+        object.__setattr__(self, "decay", decay if self.decay is None else self.decay)
         if not 0 <= check_number(self.lr, "lr") < float("inf"):
             raise ArgumentValueError(f"lr must be >= 0 and finite, got {self.lr}")
         if not 0 <= check_number(self.decay, "decay") <= 1:

@@ -81,6 +81,11 @@ def test_adapting_to_a_repeated_text_lowers_its_loss() -> None:
     assert result.dynamic.loss < 0.5 * result.static.loss
 
 
+def test_each_rule_has_its_own_defaults_and_given_values_win() -> None:
+    assert (DynamicSettings("sgd").lr, DynamicSettings("sgd").decay) == (0.03, 0.0)
+    assert DynamicSettings("rms", lr=0.5).lr == 0.5 and DynamicSettings("rms", lr=0.5).decay == 3e-3
+
+
 def test_gradient_rms_is_adam_s_bias_corrected_second_moment() -> None:
     v = {"v.W": np.full((2, 2), 0.04), "m.W": np.zeros((2, 2))}
     meta = {"optimizer_t": 3, "config": {"train": {"beta2": 0.9}}}
@@ -121,7 +126,8 @@ def test_eval_dynamic_json_gives_both_losses_and_leaves_the_checkpoint(run: Path
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert set(got) == {"static", "dynamic", "settings"}
-    assert got["settings"] == dataclasses.asdict(DynamicSettings())  # the defaults
+    defaults = {"rule": "rms", "lr": 5e-5, "decay": 3e-3, "segment": 50}
+    assert got["settings"] == dataclasses.asdict(DynamicSettings()) == defaults
     lm = charrnn.load(run / "run")
     assert got["static"]["loss"] == pytest.approx(lm.evaluate((run / "held.txt").read_text()).loss, rel=1e-9)
     assert got["dynamic"]["loss"] < got["static"]["loss"]
