@@ -1,6 +1,6 @@
 """metrics.jsonl: what training did, one JSON object per line, appended as it happens.
 
-Every event has `step`, `train_loss` (mean over the steps since the last event), `lr` (the
+Every event has `step`, `train_loss` (mean over the steps since the last event; null when there were none), `lr` (the
 schedule's rate at `step`), `chars_per_sec` (over the same steps) and `elapsed` (seconds since this `train`
 started); an evaluation adds `val_loss` (null without validation text) and `eval_seconds` (the
 time it took, with writing the checkpoints: the share of a budget that validation costs). `MetricsLog` writes

@@ -405,8 +405,9 @@ class Window:
         return None if self._last is None else float(self._last)
 
     def mean(self) -> float | None:
-        """The mean loss of the window's steps (the last step's loss when it has none)."""
-        return float(np.mean([float(loss) for loss in self.losses])) if self.losses else self.last
+        """The mean loss of the window's steps; None when it has none (a final evaluation at a
+        step already logged trains nothing of its own, and a repeated loss would plot as a dip)."""
+        return float(np.mean([float(loss) for loss in self.losses])) if self.losses else None
 
     def speed(self) -> float:
         """Characters trained per second in the window."""

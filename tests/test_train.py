@@ -341,3 +341,17 @@ def test_each_evaluation_records_how_long_it_took(tmp_path: Path, corpus: Path) 
     assert [e["step"] for e in evaluations] == [10, 20, 25]
     assert all(0 < e["eval_seconds"] < e["elapsed"] + 60 for e in evaluations)
     assert all("eval_seconds" not in e for e in events if "val_loss" not in e)
+
+
+def test_a_final_evaluation_at_a_logged_step_repeats_no_training_loss(tmp_path: Path, corpus: Path) -> None:
+    # 25 is on the log grid (5) but not the evaluation grid (10): the loop logs step 25, then the
+    # final evaluation writes a second event at 25 with no training steps of its own.
+    for steps, logged_at_end in ((25, True), (27, False)):
+        run = f"run{steps}"
+        proc = run_cli("train", str(corpus), "-o", run, *TINY, "-q", "--steps", str(steps), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        events = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        last = [e for e in events if e["step"] == steps]
+        assert len(last) == (2 if logged_at_end else 1) and "val_loss" in last[-1]
+        assert sum(e["train_loss"] is not None for e in last) == 1
+        assert all(e["train_loss"] is not None for e in events[:-1])
