@@ -5,7 +5,8 @@ Entries: `meta` (UTF-8 JSON as uint8 bytes), `param.<name>` for every parameter,
 optimizer starts fresh), `carry` the hidden state carried between
 chunks `(L, S, B, H)`. `meta` holds `format`, `format_version`, `vocab` (characters in id
 order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng`, `best_val_loss`,
-`evals_since_best`, `val_fingerprint`, `lr_horizon` and `torch_rng` (the torch engine's generator).
+`evals_since_best`, `val_fingerprint`, `lr_horizon`, `torch_rng` (the torch engine's generator)
+and `planned_passes` (what `model.by_passes` chose the regularisers for).
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ def training_meta(
     val_fingerprint: str | None = None,
     lr_horizon: int | None = None,
     torch_rng: list[int] | None = None,
+    planned_passes: float | None = None,
 ) -> dict[str, Any]:
-    """The `meta` of a checkpoint (see the module docstring); the defaults are a run's start."""
+    """The `meta` of a checkpoint (see the module docstring); the defaults are a run's start.
+    `model` is the shape as trained: with the regularisers model.by_passes chose for
+    `planned_passes`."""
     return {
         "vocab": list(vocab.chars),
-        "model": vars(config.model.shape(len(vocab))),
+        "model": vars(config.model.for_passes(planned_passes).shape(len(vocab))),
         "config": config.to_dict(),
         "dtype": config.train.dtype,
         "step": step,
@@ -82,6 +86,7 @@ def training_meta(
         "val_fingerprint": val_fingerprint,
         "lr_horizon": lr_horizon,
         "torch_rng": torch_rng,
+        "planned_passes": planned_passes,
     }
 
 

@@ -23,6 +23,7 @@ ENGINES = ("numpy", "torch")
 DEVICE = r"auto|cpu|cuda(:\d+)?|mps"
 MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
 MAX_CHUNK = 100_000_000  # characters in one training step (B * T): more cannot fit in memory
+RATES = ("dropout", "output_dropout", "weight_drop")  # the regularisers model.by_passes may set
 
 
 @dataclass
@@ -34,6 +35,20 @@ class ModelConfig:
     output_dropout: float = 0.0  # dropout on the top layer's output, before the read-out
     locked_dropout: bool = False  # one mask per chunk and stream, shared over its steps (variational)
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, one mask per chunk
+    # Stronger regularisers for longer runs: a list of {passes: P, dropout, output_dropout,
+    # weight_drop}; a run planned to make >= P passes over its training text trains with them
+    # (see `for_passes`). The plan: --steps, else the end --time measures in its first tenth.
+    by_passes: list[dict[str, float]] = field(default_factory=list)
+
+    def for_passes(self, passes: float | None) -> ModelConfig:
+        """This model with the regularisers of a run planned for `passes` passes over its training
+        text: its own, updated by each `by_passes` entry in turn whose `passes` it reaches.
+        Unchanged when `passes` is None (not planned yet)."""
+        rates: dict[str, float] = {}
+        for rule in self.by_passes:
+            if passes is not None and passes >= rule["passes"]:
+                rates.update({key: value for key, value in rule.items() if key != "passes"})
+        return dataclasses.replace(self, **rates)
 
     def shape(self, vocab_size: int) -> ModelShape:
         """The shape of this model over a vocabulary of `vocab_size` characters."""
@@ -147,8 +162,9 @@ def validate(config: Config) -> None:
     _check(m.cell in CELLS, "model.cell", " | ".join(CELLS), m.cell)
     _check(m.hidden_size >= 1, "model.hidden_size", ">= 1", m.hidden_size)
     _check(m.num_layers >= 1, "model.num_layers", ">= 1", m.num_layers)
-    for key in ("dropout", "output_dropout", "weight_drop"):
+    for key in RATES:
         _check(0 <= getattr(m, key) < 1, f"model.{key}", "in [0, 1)", getattr(m, key))
+    _check_by_passes(m.by_passes)
     approx_params = m.num_layers * 4 * m.hidden_size * 2 * m.hidden_size
     _check(approx_params <= MAX_PARAMS, "model.hidden_size", "small enough to fit in memory", m.hidden_size)
     for key in ("batch_size", "seq_len", "lr_decay_every", "eval_every", "log_every"):
@@ -177,6 +193,24 @@ def validate(config: Config) -> None:
     _check(t.dtype in DTYPES, "train.dtype", " | ".join(DTYPES), t.dtype)
     _check(t.engine in ENGINES, "train.engine", " | ".join(ENGINES), t.engine)
     _check(re.fullmatch(DEVICE, t.device) is not None, "train.device", "auto | cpu | cuda | cuda:N | mps", t.device)
+
+
+def _check_by_passes(rules: list[dict[str, float]]) -> None:
+    """model.by_passes: mappings, each with `passes` > 0 (rising from one to the next) and rates
+    of the regularisers in RATES."""
+    last = 0.0
+    for i, rule in enumerate(rules):
+        path = f"model.by_passes[{i}]"
+        _check(isinstance(rule, dict) and "passes" in rule, path, "a mapping with passes (and rates)", rule)
+        for key, value in rule.items():
+            if key != "passes" and key not in RATES:
+                raise InvalidUsageError(f"unknown config key {path}.{key}{_nearest(str(key), ['passes', *RATES])}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            _check(number, f"{path}.{key}", "a number", value)
+            if key != "passes":
+                _check(0 <= value < 1, f"{path}.{key}", "in [0, 1)", value)
+        _check(rule["passes"] > last, f"{path}.passes", f"> {last:g} (rising from entry to entry)", rule["passes"])
+        last = rule["passes"]
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class Engine(Protocol):
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
         """`charrnn.evaluate.evaluate` of the current weights."""
 
+    def regularise(self, shape: ModelShape) -> None:
+        """Train on with `shape`'s regularisers (its sizes must be the model's)."""
+
     def state(self) -> EngineState:
         """The contents, copied to numpy."""
 
@@ -99,6 +102,9 @@ class NumpyEngine:
 
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
         return evaluate(self.model, ids, streams=streams, seq_len=seq_len).loss
+
+    def regularise(self, shape: ModelShape) -> None:
+        self.model.regularise(shape)
 
     def state(self) -> EngineState:
         return EngineState(

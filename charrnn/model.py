@@ -248,6 +248,10 @@ class CharRNN:
         """A zero state (L, S, B, H)."""
         return self.stack.initial_state(batch)
 
+    def regularise(self, shape: ModelShape) -> None:
+        """Train on with the regularisers of `shape`, a shape of the same sizes."""
+        self.shape = self.stack.shape = shape
+
     def loss(
         self,
         ids: np.ndarray,

@@ -244,6 +244,9 @@ class TorchEngine:
     def carried_streams(self) -> int | None:
         return None if self.carry is None else self.carry.shape[2] * self.world.size
 
+    def regularise(self, shape: ModelShape) -> None:
+        self.shape = shape
+
     @torch.no_grad()
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
         """`charrnn.evaluate.evaluate` on the device (every process computes it whole)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from charrnn import checkpoint
 from charrnn.checkpoint import Checkpoint, training_meta
-from charrnn.config import Config, build_config
+from charrnn.config import RATES, Config, ModelConfig, build_config
 from charrnn.corpus import load_ids
 from charrnn.data import Batcher, Source, split_train_val
 from charrnn.distributed import World
@@ -52,10 +52,15 @@ class TrainState:
     evals_since_best: int = 0
     val_fingerprint: str | None = None  # which validation text best_val_loss was measured on
     lr_horizon: int | None = None  # the step where a cosine schedule ends, when --time fixed it
+    planned_passes: float | None = None  # the passes over the training text model.by_passes chose for
 
     def lr(self) -> float:
         """The learning rate of the next update."""
         return learning_rate(self.config.train.schedule(), self.step, self.lr_horizon)
+
+    def model(self) -> ModelConfig:
+        """The model as it trains: the config's, with the regularisers of its planned passes."""
+        return self.config.model.for_passes(self.planned_passes)
 
     def to_checkpoint(self) -> Checkpoint:
         s = self.engine.state()
@@ -71,14 +76,15 @@ class TrainState:
             self.val_fingerprint,
             self.lr_horizon,
             s.torch_rng,
+            self.planned_passes,
         )
         return Checkpoint(s.params, meta, s.optim_state, s.carry)
 
 
-def _engine(config: Config, vocab: Vocab, state: EngineState) -> Engine:
-    """The engine that `train.engine` names, holding `state`."""
+def _engine(config: Config, vocab: Vocab, state: EngineState, passes: float | None = None) -> Engine:
+    """The engine that `train.engine` names, holding `state`, regularised for `passes`."""
     tc = config.train
-    shape, settings = config.model.shape(len(vocab)), tc.optimizer_settings()
+    shape, settings = config.model.for_passes(passes).shape(len(vocab)), tc.optimizer_settings()
     if tc.engine == "torch":
         from charrnn.torch_engine import TorchEngine  # imports torch: only for this engine
 
@@ -134,16 +140,18 @@ def resume_state(ckpt: Checkpoint, config: Config, vocab: Vocab) -> TrainState:
     )
     if len(vocab) > len(ckpt.vocab):
         state = grow_vocab(state, ckpt.shape, len(vocab))
+    passes = meta.get("planned_passes")
     return TrainState(
         config,
         vocab,
-        _engine(config, vocab, state),
+        _engine(config, vocab, state, passes),
         meta["step"],
         meta["cursor"],
         meta.get("best_val_loss"),
         meta.get("evals_since_best", 0),
         meta.get("val_fingerprint"),
         meta.get("lr_horizon"),
+        passes,
     )
 
 
@@ -290,10 +298,14 @@ def _loop(
     ):
         _align(state, batcher, val_ids, progress.log)
         progress.log(_describe(state, len(train_ids), len(val_ids), target, run, world))
+        if not clock.fixes_horizon:  # the end is known now: --steps, or train.max_steps
+            _plan_regularisers(state, target, len(train_ids), progress.log)
         with SignalStop() as stop, _nan_guard(run), np.errstate(over="ignore", invalid="ignore"):
             while state.step < target:
                 halt, end = _verdict(world, clock, stop, state.step)
-                _fix_horizon(state, end, target, progress)
+                if end is not None:  # --time has measured the step its deadline allows
+                    _fix_horizon(state, min(end, target), progress)
+                    _plan_regularisers(state, min(end, target), len(train_ids), progress.log)
                 if halt:
                     break
                 window.add(train_step(state, batcher))
@@ -444,18 +456,29 @@ class Clock:
         return step + int(done / spent * max(self.limit - spent, 0.0))
 
 
-def _fix_horizon(state: TrainState, end: int | None, target: int, progress: Progress) -> None:
-    """A time budget's end is known: a cosine schedule without a saved horizon ends there (saved
-    with the checkpoint, so a resumed run keeps the same schedule), and the bar counts to it. A
-    run that reaches its target step before the deadline stops there, and so does the schedule."""
-    if end is None:
-        return
-    end = min(end, target)
+def _fix_horizon(state: TrainState, end: int, progress: Progress) -> None:
+    """A time budget's end is known (the deadline's step, or the target step if sooner): a cosine
+    schedule without a saved horizon ends there (saved with the checkpoint, so a resumed run
+    keeps the same schedule), and the bar counts to it."""
     tc = state.config.train
     if tc.lr_schedule == "cosine" and state.lr_horizon is None:
         state.lr_horizon = end
         progress.log(f"cosine schedule: lr reaches {tc.min_lr:g} at step {end:,} (the end of --time)")
     progress.set_total(end)
+
+
+def _plan_regularisers(state: TrainState, end: int, n_train: int, log: Callable[[str], None]) -> None:
+    """The run's end is known: with model.by_passes, its passes over the `n_train` training
+    characters decide its regularisers from here on (saved with the checkpoint, so a resumed run
+    keeps them). A run that has decided already keeps its decision."""
+    if not state.config.model.by_passes or state.planned_passes is not None:
+        return
+    tc = state.config.train
+    state.planned_passes = end * tc.batch_size * tc.seq_len / max(n_train, 1)
+    model = state.model()
+    state.engine.regularise(model.shape(len(state.vocab)))
+    rates = ", ".join(f"{key} {getattr(model, key):g}" for key in RATES)
+    log(f"regularisers for {state.planned_passes:.1f} passes over the training text (model.by_passes): {rates}")
 
 
 def _align(state: TrainState, batcher: Batcher, val_ids: np.ndarray, log: Callable[[str], None]) -> None:

@@ -83,3 +83,34 @@ def test_train_refuses_python_tagged_yaml_in_one_line(tmp_path: Path, corpus: Pa
     (tmp_path / "evil.yaml").write_text("train: !!python/object/apply:os.system ['touch pwned']\n")
     assert_clean_error(run_cli("train", str(corpus), "-c", "evil.yaml", cwd=tmp_path), 2, "not plain YAML")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_by_passes_rules_apply_in_turn_from_the_passes_they_reach() -> None:
+    config = build_config(
+        [
+            {"model": {"dropout": 0.3, "weight_drop": 0.2}},
+            parse_override("model.by_passes=[{passes: 40, dropout: 0.4}, {passes: 50, weight_drop: 0.3}]"),
+        ]
+    )
+    rates = {p: (m.dropout, m.weight_drop) for p in (None, 39.9, 40, 49, 55) for m in [config.model.for_passes(p)]}
+    assert rates == {None: (0.3, 0.2), 39.9: (0.3, 0.2), 40: (0.4, 0.2), 49: (0.4, 0.2), 55: (0.4, 0.3)}
+    assert config.model.for_passes(55).shape(10).dropout == 0.4 and config.model.shape(10).dropout == 0.3
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("[{dropout: 0.4}]", r"model\.by_passes\[0\]: must be a mapping with passes"),
+        ("[{passes: 40, dropot: 0.4}]", r"model\.by_passes\[0\]\.dropot.*did you mean 'dropout'"),
+        ("[{passes: 40, cell: lstm}]", r"unknown config key model\.by_passes\[0\]\.cell"),
+        ("[{passes: 40, dropout: 1.5}]", r"model\.by_passes\[0\]\.dropout: must be in \[0, 1\)"),
+        ("[{passes: 40, dropout: big}]", r"model\.by_passes\[0\]\.dropout: must be a number"),
+        ("[{passes: 40}, {passes: 30}]", r"model\.by_passes\[1\]\.passes: must be > 40"),
+        ("[{passes: 0}]", r"model\.by_passes\[0\]\.passes: must be > 0"),
+        ("{passes: 40}", r"model\.by_passes: expected list"),
+        ("[3]", r"model\.by_passes\[0\]: must be a mapping"),
+    ],
+)
+def test_malformed_by_passes_names_the_entry_and_the_rule(rules: str, message: str) -> None:
+    with pytest.raises(InvalidUsageError, match=message):
+        build_config([parse_override(f"model.by_passes={rules}")])

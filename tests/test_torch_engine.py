@@ -145,6 +145,19 @@ def test_two_n_steps_equal_n_plus_n_bitwise_with_dropout(tmp_path: Path) -> None
     assert meta["torch_rng"] is not None and meta["config"]["train"]["engine"] == "torch"
 
 
+def test_by_passes_switches_the_torch_engine_to_the_chosen_rates(tmp_path: Path) -> None:
+    """A rule reached by the planned run trains exactly as its rates set directly."""
+    corpus = _corpus(tmp_path)
+    rates = ["-s", "model.output_dropout=0.4", "-s", "model.weight_drop=0.3"]
+    rule = ["-s", "model.by_passes=[{passes: 0.001, output_dropout: 0.4, weight_drop: 0.3}]"]
+    for run, settings in (("direct", rates), ("ruled", rule)):
+        proc = run_cli("train", corpus, "-o", run, *TORCH, *settings, "--steps", "8", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+    direct, ruled = _arrays(tmp_path / "direct/latest.npz"), _arrays(tmp_path / "ruled/latest.npz")
+    for name in direct:
+        np.testing.assert_array_equal(ruled[name], direct[name], err_msg=name)
+
+
 def _torchrun(folder: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.run(

@@ -355,3 +355,54 @@ def test_a_final_evaluation_at_a_logged_step_repeats_no_training_loss(tmp_path: 
         assert len(last) == (2 if logged_at_end else 1) and "val_loss" in last[-1]
         assert sum(e["train_loss"] is not None for e in last) == 1
         assert all(e["train_loss"] is not None for e in events[:-1])
+
+
+def test_by_passes_trains_a_planned_run_with_the_rates_of_the_passes_it_plans(tmp_path: Path, corpus: Path) -> None:
+    """10 steps of 32 characters are ~0.04 passes over this corpus: a rule from 0.01 passes
+    trains exactly as those rates set directly, one from 100 passes as the model's own rates;
+    the checkpoint records the shape as trained and the plan, and a resumed run keeps them."""
+
+    def weights(run: str, *settings: str, steps: str = "10") -> dict[str, np.ndarray]:
+        proc = run_cli("train", str(corpus), "-o", run, *TINY, *settings, "--steps", steps, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        return arrays(tmp_path / run / "latest.npz")
+
+    rates = ["-s", "model.output_dropout=0.5", "-s", "model.weight_drop=0.3"]
+    direct, plain = weights("direct", *rates), weights("plain")
+    rule = "model.by_passes=[{passes: 0.01, output_dropout: 0.5, weight_drop: 0.3}]"
+    for name, expected in (("reached", direct), ("unreached", plain)):
+        settings = ["-s", rule if name == "reached" else rule.replace("0.01", "100")]
+        got = weights(name, *settings)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name} {key}")
+    meta = checkpoint.load(tmp_path / "reached/latest.npz").meta
+    n_train = len(corpus.read_text(encoding="utf-8")) - int(0.1 * len(corpus.read_text(encoding="utf-8")))
+    assert meta["planned_passes"] == pytest.approx(10 * 32 / n_train, rel=0.01)
+    assert (meta["model"]["output_dropout"], meta["model"]["weight_drop"]) == (0.5, 0.3)
+    assert meta["config"]["model"]["weight_drop"] == 0.0  # the config as written, rule and all
+    for _ in range(2):  # 5 + 5 steps: the first plans ~0.02 passes, and the second keeps that plan
+        halves = weights("halves", "-s", rule, steps="5")
+    for key in direct:
+        np.testing.assert_array_equal(halves[key], direct[key], err_msg=key)
+    kept = checkpoint.load(tmp_path / "halves/latest.npz").meta["planned_passes"]
+    assert kept == pytest.approx(0.5 * meta["planned_passes"])
+
+
+def test_by_passes_with_a_time_budget_decides_when_the_budget_measures_its_end(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake clock of the test above: the end (~200 steps) is measured near step 20.
+    ticks = itertools.count()
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: 0.001 * next(ticks)))
+    rule = {"passes": 0.5, "weight_drop": 0.3}
+    layers = [
+        {"model": {"cell": "rnn", "num_layers": 1, "hidden_size": 16, "by_passes": [rule]}},
+        {"train": {"batch_size": 4, "seq_len": 8, "eval_every": 10}},
+    ]
+    logs: list[str] = []
+    monkeypatch.setattr(train_module.Progress, "log", lambda self, message: logs.append(message))
+    result = train_module.train([Source(str(corpus), path=corpus)], tmp_path / "run", layers, time_limit=1.0)
+    meta = checkpoint.load(tmp_path / "run/latest.npz").meta
+    planned = [line for line in logs if "model.by_passes" in line]
+    assert len(planned) == 1 and "weight_drop 0.3" in planned[0] and meta["planned_passes"] > 0.5
+    assert meta["model"]["weight_drop"] == 0.3 and result.step > 20
