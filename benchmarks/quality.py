@@ -2,10 +2,13 @@
 
     python benchmarks/quality.py --name NAME --time 30m --at 10,30 -c configs/budget-30m.yaml
         [--corpus data/shakespeare.txt] [-s KEY=VALUE ...]
-    python benchmarks/quality.py --name NAME --steps 9000 -c configs/budget-10m.yaml
+    python benchmarks/quality.py --name NAME --steps 9000 -c configs/budget-10m.yaml [--resume]
 
 --steps trains a fixed number of steps instead of a wall-clock budget (the cosine schedule ends
 there): the steps a budget allows on a machine of a given speed, measured however busy this one is.
+--resume continues the run directory's checkpoint instead of starting over: a --steps measurement
+longer than one sitting, split over several (exact resume makes it the same run); minutes are
+summed over the invocations.
 
 Trains with the real CLI (last 10% held out) into benchmarks/out/quality-<name>, then prints,
 for each checkpoint minute in --at, the last validation loss logged by then, the best so far,
@@ -24,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from charrnn.metrics import read_metrics
+
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 VAL_FRACTION = 0.1
@@ -39,6 +44,7 @@ def main() -> None:
     parser.add_argument("-s", "--set", action="append", default=[])
     parser.add_argument("--corpus", default=str(CORPUS), help="default: ../shared/data/tinyshakespeare.txt")
     parser.add_argument("--dynamic", action="store_true", help="also report charrnn eval --dynamic on the tail")
+    parser.add_argument("--resume", action="store_true", help="continue the run directory instead of --fresh")
     opts = parser.parse_args()
     run = HERE / "out" / f"quality-{opts.name}"
     cmd = [
@@ -49,23 +55,23 @@ def main() -> None:
         opts.corpus,
         "-o",
         str(run),
-        "--fresh",
         "-q",
         "-s",
         f"train.val_fraction={VAL_FRACTION}",
     ]
+    cmd += [] if opts.resume else ["--fresh"]
     cmd += ["-s", f"train.max_steps={opts.steps}"] if opts.steps else ["--time", opts.time]
     if opts.config:
         cmd += ["-c", opts.config]
     for kv in opts.set:
         cmd += ["-s", kv]
     subprocess.run(cmd, check=True)
-    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = read_metrics(run / "metrics.jsonl")
     evals = [e for e in events if e.get("val_loss") is not None]
     speed = statistics.median(e["chars_per_sec"] for e in events if e.get("chars_per_sec"))
-    minutes = [float(m) for m in opts.at.split(",")] if not opts.steps else [evals[-1]["elapsed"] / 60]
+    minutes = [float(m) for m in opts.at.split(",")] if not opts.steps else [evals[-1]["minutes"]]
     for minute in minutes:
-        seen = [e for e in evals if e["elapsed"] <= minute * 60 + 1]
+        seen = [e for e in evals if e["minutes"] <= minute + 1 / 60]
         if seen:
             last, best = seen[-1], min(e["val_loss"] for e in seen)
             print(
@@ -95,9 +101,9 @@ def summary(run: Path, corpus: Path, evals: list[dict], dynamic: bool) -> dict:
         both = json.loads(subprocess.run([*cmd, "--dynamic"], check=True, capture_output=True).stdout)
         result["dynamic_loss"] = round(both["dynamic"]["loss"], 4)
         result["dynamic_chars_per_sec"] = round(both["dynamic"]["chars"] / (time.perf_counter() - started))
-    result["eval_share"] = round(sum(e.get("eval_seconds", 0.0) for e in evals) / evals[-1]["elapsed"], 4)
+    result["eval_share"] = round(sum(e.get("eval_seconds", 0.0) for e in evals) / (evals[-1]["minutes"] * 60), 4)
     result["steps"] = evals[-1]["step"]
-    result["minutes"] = round(evals[-1]["elapsed"] / 60, 1)
+    result["minutes"] = round(evals[-1]["minutes"], 1)
     return result
 
 
