@@ -22,7 +22,7 @@ from charrnn.data import UNITS, LongText, Source, iter_text, pieces
 from charrnn.dynamic import DynamicResult, DynamicSettings, evaluate_dynamic, gradient_rms
 from charrnn.errors import ArgumentTypeError, ArgumentValueError, check_int, check_str
 from charrnn.evaluate import EvalResult, evaluate_blocks
-from charrnn.model import CharRNN, ModelShape
+from charrnn.model import CharRNN, ModelShape, Regularisers
 from charrnn.rundir import find_model
 from charrnn.sample import Sampling, generate, starts, stream
 from charrnn.score import RecordScore, score_records, score_sources
@@ -43,7 +43,8 @@ class LanguageModel:
         self.vocab: Vocab = ckpt.vocab
         self.config: Config = ckpt.config
         self.shape: ModelShape = ckpt.shape
-        self.step: int = ckpt.meta["step"]
+        self.regularisers: Regularisers = ckpt.regularisers  # as it trained (inference uses none)
+        self.step: int = ckpt.progress.step
         self.model: CharRNN = ckpt.model()
         self._gradient_rms = gradient_rms(ckpt.optim_state, ckpt.meta)  # for dynamic evaluation
 

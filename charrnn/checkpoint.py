@@ -2,16 +2,17 @@
 
 Entries: `meta` (UTF-8 JSON as uint8 bytes), `param.<name>` for every parameter,
 `optim.<slot>.<name>` for the optimizer state (none in a run made from given weights, whose
-optimizer starts fresh), `carry` the hidden state carried between
-chunks `(L, S, B, H)`. `meta` holds `format`, `format_version`, `vocab` (characters in id
-order), `model`, `config`, `dtype`, `step`, `cursor`, `optimizer_t`, `rng`, `best_val_loss`,
-`evals_since_best`, `val_fingerprint`, `lr_horizon`, `torch_rng` (the torch engine's generator)
-and `planned_passes` (what `model.by_passes` chose the regularisers for).
+optimizer starts fresh), `carry` the hidden state carried between chunks `(L, S, B, H)`.
+`meta` holds `format`, `format_version`, `vocab` (characters in id order), `model` (the
+`ModelShape` and the `Regularisers` it trained with), `config`, `dtype`, every field of
+`RunProgress` under its own name, and the engine's scalars (`optimizer_t`, `rng`,
+`torch_rng`: the fields of `EngineState` that are not arrays).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import zipfile
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ import numpy as np
 
 from charrnn.atomic import atomic_write
 from charrnn.config import Config, config_from_dict
+from charrnn.engine import EngineState
 from charrnn.errors import CheckpointError, InvalidUsageError
-from charrnn.model import CharRNN, ModelShape
+from charrnn.model import CharRNN, ModelShape, Regularisers
 from charrnn.optim import SLOTS
 from charrnn.vocab import Vocab
 
@@ -33,11 +35,51 @@ FORMAT_VERSION = 1
 
 
 @dataclass
+class RunProgress:
+    """How far a run has come: what training resumes from besides the arrays and the engine's
+    scalars. Saved in a checkpoint's `meta` under each field's name and read back by name (a
+    field an older checkpoint lacks takes its default), so a new field is this one edit."""
+
+    step: int = 0  # updates made
+    cursor: int = 0  # the next chunk of the epoch
+    best_val_loss: float | None = None
+    evals_since_best: int = 0
+    val_fingerprint: str | None = None  # length and CRC-32 of the validation ids best_val_loss is on
+    lr_horizon: int | None = None  # the step a cosine schedule ends at, when --time fixed it
+    planned_passes: float | None = None  # the passes over the training text model.by_passes chose for
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> RunProgress:
+        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+
+
+ENGINE_SCALARS = tuple(
+    f.name for f in dataclasses.fields(EngineState) if f.name not in ("params", "optim_state", "carry")
+)
+
+
+@dataclass
 class Checkpoint:
     params: dict[str, np.ndarray]
     meta: dict[str, Any]
     optim_state: dict[str, np.ndarray]
     carry: np.ndarray | None
+
+    @classmethod
+    def of(cls, config: Config, vocab: Vocab, progress: RunProgress, engine: EngineState) -> Checkpoint:
+        """A run's checkpoint: its config and vocabulary, its progress, its engine's contents.
+        `model` is the model as trained: with the regularisers model.by_passes chose for
+        `progress.planned_passes`."""
+        model = config.model.for_passes(progress.planned_passes)
+        meta = {
+            "vocab": list(vocab.chars),
+            "model": vars(model.shape(len(vocab))) | vars(model.regularisers()),
+            "config": config.to_dict(),
+            "dtype": config.train.dtype,
+            **dataclasses.asdict(progress),
+            **{name: getattr(engine, name) for name in ENGINE_SCALARS},
+        }
+        return cls(engine.params, meta, engine.optim_state, engine.carry)
 
     @property
     def vocab(self) -> Vocab:
@@ -49,45 +91,29 @@ class Checkpoint:
 
     @property
     def shape(self) -> ModelShape:
-        return ModelShape(**self.meta["model"])
+        return _fields_of(ModelShape, self.meta["model"])
+
+    @property
+    def regularisers(self) -> Regularisers:
+        """The regularisers the model trained with last (none of an older checkpoint: 0)."""
+        return _fields_of(Regularisers, self.meta["model"])
+
+    @property
+    def progress(self) -> RunProgress:
+        return RunProgress.from_meta(self.meta)
+
+    def engine_state(self) -> EngineState:
+        """The arrays and the engine's scalars, for an engine to continue from."""
+        scalars = {name: self.meta.get(name) for name in ENGINE_SCALARS}
+        return EngineState(self.params, self.optim_state, carry=self.carry, **scalars)
 
     def model(self) -> CharRNN:
         return CharRNN(self.shape, self.params)
 
 
-def training_meta(
-    config: Config,
-    vocab: Vocab,
-    rng_state: dict[str, Any],
-    step: int = 0,
-    cursor: int = 0,
-    optimizer_t: int = 0,
-    best_val_loss: float | None = None,
-    evals_since_best: int = 0,
-    val_fingerprint: str | None = None,
-    lr_horizon: int | None = None,
-    torch_rng: list[int] | None = None,
-    planned_passes: float | None = None,
-) -> dict[str, Any]:
-    """The `meta` of a checkpoint (see the module docstring); the defaults are a run's start.
-    `model` is the shape as trained: with the regularisers model.by_passes chose for
-    `planned_passes`."""
-    return {
-        "vocab": list(vocab.chars),
-        "model": vars(config.model.for_passes(planned_passes).shape(len(vocab))),
-        "config": config.to_dict(),
-        "dtype": config.train.dtype,
-        "step": step,
-        "cursor": cursor,
-        "optimizer_t": optimizer_t,
-        "rng": rng_state,
-        "best_val_loss": best_val_loss,
-        "evals_since_best": evals_since_best,
-        "val_fingerprint": val_fingerprint,
-        "lr_horizon": lr_horizon,
-        "torch_rng": torch_rng,
-        "planned_passes": planned_passes,
-    }
+def _fields_of(kind: Any, values: dict[str, Any]) -> Any:
+    """A `kind` dataclass from the entries of `values` that name its fields."""
+    return kind(**{f.name: values[f.name] for f in dataclasses.fields(kind) if f.name in values})
 
 
 def save(path: Path, ckpt: Checkpoint) -> None:
@@ -231,7 +257,7 @@ def _expected_entries(meta: dict[str, Any], entries: dict[str, _Entry], path: Pa
     try:
         vocab = Vocab(meta["vocab"])
         config = config_from_dict(meta["config"])
-        shape = ModelShape(**meta["model"])
+        shape = _fields_of(ModelShape, meta["model"])
         step, cursor, optimizer_t = int(meta["step"]), int(meta["cursor"]), int(meta["optimizer_t"])
     except (KeyError, TypeError, ValueError, InvalidUsageError) as err:
         raise CheckpointError(f"{path}: inconsistent meta ({err})") from None

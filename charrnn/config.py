@@ -11,15 +11,16 @@ from typing import Any
 
 import yaml
 
+from charrnn.engine import ENGINES
 from charrnn.errors import InvalidUsageError
-from charrnn.model import ModelShape
-from charrnn.optim import OptimizerSettings, Schedule
+from charrnn.layers import CELLS as CELL_MODULES
+from charrnn.model import ModelShape, Regularisers
+from charrnn.optim import SLOTS, OptimizerSettings, Schedule
 
-CELLS = ("rnn", "lstm", "gru")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
+CELLS = tuple(CELL_MODULES)  # the cells and optimizers are those the engine defines
+OPTIMIZERS = tuple(SLOTS)
 SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
-ENGINES = ("numpy", "torch")
 DEVICE = r"auto|cpu|cuda(:\d+)?|mps"
 MAX_PARAMS = 2_000_000_000  # refuse models whose weights alone would not fit in memory
 MAX_CHUNK = 100_000_000  # characters in one training step (B * T): more cannot fit in memory
@@ -52,16 +53,11 @@ class ModelConfig:
 
     def shape(self, vocab_size: int) -> ModelShape:
         """The shape of this model over a vocabulary of `vocab_size` characters."""
-        return ModelShape(
-            vocab_size,
-            self.cell,
-            self.hidden_size,
-            self.num_layers,
-            self.dropout,
-            self.output_dropout,
-            self.locked_dropout,
-            self.weight_drop,
-        )
+        return ModelShape(vocab_size, self.cell, self.hidden_size, self.num_layers)
+
+    def regularisers(self) -> Regularisers:
+        """The noise this model trains with (see `for_passes` for a run's own)."""
+        return Regularisers(self.dropout, self.output_dropout, self.locked_dropout, self.weight_drop)
 
 
 @dataclass

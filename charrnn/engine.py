@@ -8,6 +8,8 @@ them back the same way, so a run may change engine when it resumes.
   `charrnn.optim.Optimizer`.
 - `TorchEngine` (`train.engine: torch`, in `charrnn.torch_engine`, which imports torch):
   PyTorch's nn.RNN/LSTM/GRU on a CPU or a GPU, and over processes under `torchrun`.
+
+`make_engine` builds the one a name asks for.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import numpy as np
 
 from charrnn.errors import NonFiniteError
 from charrnn.evaluate import evaluate
-from charrnn.model import CharRNN, ModelShape
+from charrnn.model import CharRNN, ModelShape, Regularisers
 from charrnn.optim import Optimizer, OptimizerSettings, clip_by_global_norm
+
+ENGINES = ("numpy", "torch")
 
 
 @dataclass
@@ -58,11 +62,28 @@ class Engine(Protocol):
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
         """`charrnn.evaluate.evaluate` of the current weights."""
 
-    def regularise(self, shape: ModelShape) -> None:
-        """Train on with `shape`'s regularisers (its sizes must be the model's)."""
+    def regularise(self, regularisers: Regularisers) -> None:
+        """Train on with other regularisers (`model.by_passes`)."""
 
     def state(self) -> EngineState:
         """The contents, copied to numpy."""
+
+
+def make_engine(
+    name: str,
+    shape: ModelShape,
+    regularisers: Regularisers,
+    settings: OptimizerSettings,
+    grad_clip: float,
+    state: EngineState,
+    device: str = "auto",
+) -> Engine:
+    """The engine `name` (one of `ENGINES`) holding `state`; `device` is the torch engine's."""
+    if name == "torch":
+        from charrnn.torch_engine import TorchEngine  # imports torch: only for this engine
+
+        return TorchEngine(shape, regularisers, settings, grad_clip, state, device)
+    return NumpyEngine(shape, regularisers, settings, grad_clip, state)
 
 
 class NumpyEngine:
@@ -70,8 +91,15 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, shape: ModelShape, settings: OptimizerSettings, grad_clip: float, state: EngineState) -> None:
-        self.model = CharRNN(shape, state.params)
+    def __init__(
+        self,
+        shape: ModelShape,
+        regularisers: Regularisers,
+        settings: OptimizerSettings,
+        grad_clip: float,
+        state: EngineState,
+    ) -> None:
+        self.model = CharRNN(shape, state.params, regularisers)
         self.optimizer = Optimizer(settings, self.model.params)
         if state.optim_state:
             self.optimizer.load_state(state.optim_state, state.optimizer_t)
@@ -85,7 +113,7 @@ class NumpyEngine:
         model = self.model
         if self.carry is None:
             self.carry = model.initial_state(inputs.shape[1])
-        loss, carry = model.loss(inputs, targets, self.carry, self.rng if model.shape.stochastic else None)
+        loss, carry = model.loss(inputs, targets, self.carry, self.rng if model.regularisers.stochastic else None)
         if not math.isfinite(loss):
             raise NonFiniteError(f"loss is not finite ({loss})")
         grads = model.backward()
@@ -103,8 +131,8 @@ class NumpyEngine:
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
         return evaluate(self.model, ids, streams=streams, seq_len=seq_len).loss
 
-    def regularise(self, shape: ModelShape) -> None:
-        self.model.regularise(shape)
+    def regularise(self, regularisers: Regularisers) -> None:
+        self.model.regularise(regularisers)
 
     def state(self) -> EngineState:
         return EngineState(

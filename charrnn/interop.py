@@ -26,10 +26,10 @@ import numpy as np
 from charrnn import __version__
 from charrnn.api import LanguageModel
 from charrnn.atomic import atomic_write
-from charrnn.config import CELLS, build_config
+from charrnn.config import build_config
 from charrnn.errors import CharRNNError, InvalidUsageError
 from charrnn.extras import require
-from charrnn.layers import CELLS as CELL_MODULES
+from charrnn.layers import CELLS
 from charrnn.model import ModelShape
 from charrnn.rundir import create_run
 from charrnn.vocab import Vocab
@@ -56,7 +56,8 @@ def to_state_dict(shape: ModelShape, params: dict[str, np.ndarray]) -> dict[str,
     return out
 
 
-def metadata(shape: ModelShape, vocab: Vocab) -> dict[str, str]:
+def metadata(shape: ModelShape, vocab: Vocab, dropout: float = 0.0) -> dict[str, str]:
+    """The strings beside the tensors: what `import` needs to rebuild the model."""
     return {
         "format": FORMAT,
         "charrnn_version": __version__,
@@ -64,14 +65,16 @@ def metadata(shape: ModelShape, vocab: Vocab) -> dict[str, str]:
         "cell": shape.cell,
         "hidden_size": str(shape.hidden_size),
         "num_layers": str(shape.num_layers),
-        "dropout": str(shape.dropout),
+        "dropout": str(dropout),
     }
 
 
 def export_safetensors(lm: LanguageModel, out: Path) -> None:
     """Write the model as a safetensors file, atomically."""
     numpy_io = require("safetensors.numpy", "export")
-    data = numpy_io.save(to_state_dict(lm.shape, lm.model.params), metadata(lm.shape, lm.vocab))
+    data = numpy_io.save(
+        to_state_dict(lm.shape, lm.model.params), metadata(lm.shape, lm.vocab, lm.regularisers.dropout)
+    )
     atomic_write(out, lambda f: f.write(data))
 
 
@@ -119,9 +122,9 @@ def from_state_dict(
     gates = {k: tensors.get(f"rnn.weight_hh_l{k}", np.zeros((0, 0))).shape[0] // max(H, 1) for k in layers}
     if len(set(gates.values())) != 1:
         raise fail(f"layers have different gate counts {sorted(set(gates.values()))}: two cells mixed")
-    by_gates = {CELL_MODULES[c].GATES: c for c in CELLS}
+    by_gates = {module.GATES: name for name, module in CELLS.items()}
     cell = meta.get("cell") or by_gates.get(gates[0], "")
-    if cell not in CELLS or gates[0] != CELL_MODULES[cell].GATES:
+    if cell not in CELLS or gates[0] != CELLS[cell].GATES:
         raise fail(f"weight_hh_l0 has {gates[0] * H} rows for {H} units: not an rnn, lstm or gru ({cell or '?'})")
     G = gates[0] * H
     expected = {"fc.weight": (V, H), "fc.bias": (V,)}
@@ -147,11 +150,7 @@ def from_state_dict(
             raise fail(f"{key} has shape {tensors[key].shape}, expected {want}")
         if not np.isfinite(tensors[key]).all():
             raise fail(f"{key} holds NaN or inf")
-    try:
-        dropout = float(meta.get("dropout", 0.0))
-    except ValueError:
-        dropout = 0.0
-    shape = ModelShape(V, cell, H, L, dropout if 0 <= dropout < 1 else 0.0)
+    shape = ModelShape(V, cell, H, L)
     params: dict[str, np.ndarray] = {}
     for k in layers:
         t = lambda name, k=k: tensors[f"rnn.{name}_l{k}"]  # noqa: E731
@@ -168,6 +167,15 @@ def from_state_dict(
     params["W_hy"] = np.ascontiguousarray(tensors["fc.weight"].T)
     params["b_y"] = tensors["fc.bias"].copy()
     return shape, params
+
+
+def _dropout(meta: dict[str, str]) -> float:
+    """The dropout the metadata names (training only, so a rate that makes no sense is 0)."""
+    try:
+        dropout = float(meta.get("dropout", 0.0))
+    except ValueError:
+        return 0.0
+    return dropout if 0 <= dropout < 1 else 0.0
 
 
 def _vocab(meta: dict[str, str], vocab_file: Path | None, name: str) -> Vocab:
@@ -193,6 +201,6 @@ def import_safetensors(path: Path, run_dir: Path, vocab_file: Path | None = None
     shape, params = from_state_dict(tensors, vocab, meta, str(path))
     dtype = str(next(iter(params.values())).dtype)
     model = {"cell": shape.cell, "hidden_size": shape.hidden_size, "num_layers": shape.num_layers}
-    config = build_config([{"model": model | {"dropout": shape.dropout}, "train": {"dtype": dtype}}])
+    config = build_config([{"model": model | {"dropout": _dropout(meta)}, "train": {"dtype": dtype}}])
     create_run(run_dir, config, vocab, params)
     return shape

@@ -9,7 +9,7 @@ Parameters live in one flat dict of named arrays (the checkpoint's names):
 The carried state is one array `(L, S, B, H)`: L layers, S state arrays per cell (LSTM: h, c).
 
 Regularisers (training only, inverted so that inference uses the weights as they are; see
-`ModelShape`): dropout on the outputs of the layers below the top (`dropout`) and on the top
+`Regularisers`): dropout on the outputs of the layers below the top (`dropout`) and on the top
 layer's output before the read-out (`output_dropout`), each mask drawn per element or, with
 `locked_dropout`, once per chunk and stream and shared by all T steps (variational dropout);
 DropConnect on every `W_hh` (`weight_drop`): one mask per chunk and layer, shared by all steps
@@ -29,25 +29,12 @@ from charrnn.layers.workspace import Workspace, transposed
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What fixes the parameter shapes of a model."""
+    """What fixes the parameter shapes of a model (its regularisers are apart: `Regularisers`)."""
 
     vocab_size: int
     cell: str = "rnn"
     hidden_size: int = 128
     num_layers: int = 1
-    dropout: float = 0.0  # on the outputs of every layer but the top
-    output_dropout: float = 0.0  # on the top layer's output, before the read-out
-    locked_dropout: bool = False  # one dropout mask per chunk and stream, shared over the T steps
-    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per chunk and layer
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether training draws random masks."""
-        return self.dropout > 0 or self.output_dropout > 0 or self.weight_drop > 0
-
-    def layer_dropout(self, i: int) -> float:
-        """The dropout rate on the output of layer i."""
-        return self.output_dropout if i == self.num_layers - 1 else self.dropout
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The name and shape of every parameter, in a stable order."""
@@ -67,6 +54,29 @@ class ModelShape:
     def state_shape(self, batch: int) -> tuple[int, int, int, int]:
         """(L, S, B, H) of the carried state."""
         return (self.num_layers, CELLS[self.cell].STATE, batch, self.hidden_size)
+
+
+@dataclass(frozen=True)
+class Regularisers:
+    """The noise a model trains with (none at inference; see the module docstring). A run may
+    change them as it goes (`model.by_passes`); the parameter shapes never change."""
+
+    dropout: float = 0.0  # on the outputs of every layer but the top
+    output_dropout: float = 0.0  # on the top layer's output, before the read-out
+    locked_dropout: bool = False  # one dropout mask per chunk and stream, shared over the T steps
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per chunk and layer
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether training draws random masks."""
+        return self.dropout > 0 or self.output_dropout > 0 or self.weight_drop > 0
+
+    def layer_dropout(self, i: int, num_layers: int) -> float:
+        """The dropout rate on the output of layer i of `num_layers`."""
+        return self.output_dropout if i == num_layers - 1 else self.dropout
+
+
+NO_REGULARISERS = Regularisers()
 
 
 def init_arrays(
@@ -103,8 +113,15 @@ class RecurrentStack:
     calls use separate ones, so evaluating between a training forward and its backward is safe.
     """
 
-    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray], prefix: str = "") -> None:
+    def __init__(
+        self,
+        shape: ModelShape,
+        params: dict[str, np.ndarray],
+        prefix: str = "",
+        regularisers: Regularisers = NO_REGULARISERS,
+    ) -> None:
         self.shape = shape
+        self.regularisers = regularisers
         self.params = params
         self.prefix = prefix
         self.cell = CELLS[shape.cell]
@@ -129,7 +146,7 @@ class RecurrentStack:
         `dropout_rng` and `weight_drop`, each layer's `W_hh` is replaced by `W_hh * M`, a fresh
         DropConnect mask M per layer, kept in `self._weight_masks` for `backward`."""
         workspaces = self._train_ws if train else self._infer_ws
-        drop = self.shape.weight_drop if train and dropout_rng is not None else 0.0
+        drop = self.regularisers.weight_drop if train and dropout_rng is not None else 0.0
         masks: list[np.ndarray] = []
         weights = []
         for i, ws in enumerate(workspaces):
@@ -185,10 +202,10 @@ class RecurrentStack:
             hs, stateT, cell_cache = self.cell.forward(xw, state[i].transpose(0, 2, 1), w, ws)
             new_state[i] = stateT.transpose(0, 2, 1)
             mask = None
-            p = self.shape.layer_dropout(i)
+            p = self.regularisers.layer_dropout(i, self.shape.num_layers)
             if dropout_rng is not None and p > 0:
                 H, T, B = hs.shape
-                mask_shape = (H, 1 if self.shape.locked_dropout else T, B)
+                mask_shape = (H, 1 if self.regularisers.locked_dropout else T, B)
                 mask = dropout_mask(ws.get("mask", mask_shape, self.dtype), p, dropout_rng)
                 x = np.multiply(hs, mask, out=ws.get("dropped", hs.shape, self.dtype))
             else:
@@ -236,10 +253,12 @@ class CharRNN:
     """The character model (many-to-many): a `RecurrentStack` and a read-out with the loss on
     every step. `loss` + `backward` train it; `logits` runs it for inference."""
 
-    def __init__(self, shape: ModelShape, params: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, shape: ModelShape, params: dict[str, np.ndarray], regularisers: Regularisers = NO_REGULARISERS
+    ) -> None:
         self.shape = shape
         self.params = params
-        self.stack = RecurrentStack(shape, params)
+        self.stack = RecurrentStack(shape, params, regularisers=regularisers)
         self.dtype = params["W_hy"].dtype
         self._head_ws, self._infer_head_ws = Workspace(), Workspace()
         self._cache: tuple | None = None
@@ -248,9 +267,13 @@ class CharRNN:
         """A zero state (L, S, B, H)."""
         return self.stack.initial_state(batch)
 
-    def regularise(self, shape: ModelShape) -> None:
-        """Train on with the regularisers of `shape`, a shape of the same sizes."""
-        self.shape = self.stack.shape = shape
+    @property
+    def regularisers(self) -> Regularisers:
+        return self.stack.regularisers
+
+    def regularise(self, regularisers: Regularisers) -> None:
+        """Train on with other regularisers (`model.by_passes`)."""
+        self.stack.regularisers = regularisers
 
     def loss(
         self,

@@ -107,6 +107,6 @@ def build(shape: ModelShape, params: dict[str, np.ndarray], meta: dict[str, str]
 
 def export_onnx(lm: LanguageModel, out: Path) -> None:
     """Write the model as an .onnx file, atomically."""
-    meta = metadata(lm.shape, lm.vocab) | {"start_id": str(lm.vocab.start_id)}
+    meta = metadata(lm.shape, lm.vocab, lm.regularisers.dropout) | {"start_id": str(lm.vocab.start_id)}
     data = build(lm.shape, lm.model.params, meta).SerializeToString()
     atomic_write(out, lambda f: f.write(data))

@@ -32,9 +32,10 @@ import yaml
 
 from charrnn import checkpoint
 from charrnn.atomic import atomic_write, leftover_pattern
-from charrnn.checkpoint import Checkpoint
+from charrnn.checkpoint import Checkpoint, RunProgress
 from charrnn.config import Config
 from charrnn.corpus import CACHE_GLOB
+from charrnn.engine import EngineState
 from charrnn.errors import CharRNNError, CheckpointError, InvalidUsageError
 from charrnn.runlock import RunLock, is_locked
 from charrnn.vocab import Vocab
@@ -163,6 +164,7 @@ def create_run(path: Path, config: Config, vocab: Vocab, params: dict[str, np.nd
         if run.checkpoints(MODEL_ORDER):
             raise InvalidUsageError(f"{path} already holds a checkpoint; choose another directory")
         rng_state = np.random.default_rng(config.train.seed).bit_generator.state
-        run.save(Checkpoint(params, checkpoint.training_meta(config, vocab, rng_state), {}, None), best=False)
+        engine = EngineState(params, {}, 0, None, rng_state)
+        run.save(Checkpoint.of(config, vocab, RunProgress(), engine), best=False)
         run.write_config(config)
     return run

@@ -31,7 +31,7 @@ from charrnn.distributed import World
 from charrnn.engine import EngineState
 from charrnn.errors import InvalidUsageError
 from charrnn.extras import require
-from charrnn.model import ModelShape
+from charrnn.model import ModelShape, Regularisers
 from charrnn.optim import SLOTS, OptimizerSettings
 
 torch = require("torch", "torch")
@@ -63,13 +63,14 @@ class TorchEngine:
     def __init__(
         self,
         shape: ModelShape,
+        regularisers: Regularisers,
         settings: OptimizerSettings,
         grad_clip: float,
         state: EngineState,
         device: str,
         world: World | None = None,
     ) -> None:
-        self.shape, self.settings, self.grad_clip = shape, settings, grad_clip
+        self.shape, self.regularisers, self.settings, self.grad_clip = shape, regularisers, settings, grad_clip
         self.world = world or World.current()
         self.device = self.world.device or resolve_device(device)
         self.name = f"torch ({self.device})"
@@ -163,17 +164,18 @@ class TorchEngine:
                 state: Any = (carry[k, 0][None].contiguous(), carry[k, 1][None].contiguous())
             else:
                 state = carry[k, 0][None].contiguous()
-            if train and self.shape.weight_drop > 0:
+            regs = self.regularisers
+            if train and regs.weight_drop > 0:
                 W = layer.weight_hh_l0  # (G, H): charrnn's W_hh (H, G) transposed, as is its mask
-                mask = self._dropout_mask((W.shape[1], W.shape[0]), self.shape.weight_drop).T
+                mask = self._dropout_mask((W.shape[1], W.shape[0]), regs.weight_drop).T
                 out, final = torch.func.functional_call(layer, {"weight_hh_l0": W * mask}, (layer_input, state))
             else:
                 out, final = layer(layer_input, state)
             finals.append(torch.cat(final) if self.shape.cell == "lstm" else final)
-            p = self.shape.layer_dropout(k)
+            p = regs.layer_dropout(k, len(self.layers))
             if train and p > 0:
                 T, B, H = out.shape  # the mask is drawn in the numpy engine's (H, T, B) layout
-                out = out * self._dropout_mask((H, 1 if self.shape.locked_dropout else T, B), p).permute(1, 2, 0)
+                out = out * self._dropout_mask((H, 1 if regs.locked_dropout else T, B), p).permute(1, 2, 0)
             layer_input = out
         return self.readout(layer_input), torch.stack(finals)
 
@@ -244,8 +246,8 @@ class TorchEngine:
     def carried_streams(self) -> int | None:
         return None if self.carry is None else self.carry.shape[2] * self.world.size
 
-    def regularise(self, shape: ModelShape) -> None:
-        self.shape = shape
+    def regularise(self, regularisers: Regularisers) -> None:
+        self.regularisers = regularisers
 
     @torch.no_grad()
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:

@@ -16,19 +16,19 @@ import signal
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from charrnn import checkpoint
-from charrnn.checkpoint import Checkpoint, training_meta
+from charrnn.checkpoint import Checkpoint, RunProgress
 from charrnn.config import RATES, Config, ModelConfig, build_config
 from charrnn.corpus import load_ids
 from charrnn.data import Batcher, Source, split_train_val
 from charrnn.distributed import World
-from charrnn.engine import Engine, EngineState, NumpyEngine
+from charrnn.engine import Engine, EngineState, make_engine
 from charrnn.errors import InvalidUsageError, NonFiniteError, SignalError
 from charrnn.metrics import Event, MetricsLog
 from charrnn.model import ModelShape, init_params
@@ -40,56 +40,32 @@ from charrnn.vocab import Vocab, describe_chars
 
 @dataclass
 class TrainState:
-    """Everything that resume needs besides the corpus: the checkpoint's contents, live. The
-    weights, optimizer moments, carried state and random generators live in the engine."""
+    """A run as it trains: its config and vocabulary, how far it has come (`progress`, what a
+    checkpoint saves by field name), and the engine, which holds the weights, optimizer
+    moments, carried state and random generators."""
 
     config: Config
     vocab: Vocab
     engine: Engine
-    step: int = 0
-    cursor: int = 0  # next chunk of the epoch
-    best_val_loss: float | None = None
-    evals_since_best: int = 0
-    val_fingerprint: str | None = None  # which validation text best_val_loss was measured on
-    lr_horizon: int | None = None  # the step where a cosine schedule ends, when --time fixed it
-    planned_passes: float | None = None  # the passes over the training text model.by_passes chose for
+    progress: RunProgress = field(default_factory=RunProgress)
 
     def lr(self) -> float:
         """The learning rate of the next update."""
-        return learning_rate(self.config.train.schedule(), self.step, self.lr_horizon)
+        return learning_rate(self.config.train.schedule(), self.progress.step, self.progress.lr_horizon)
 
     def model(self) -> ModelConfig:
         """The model as it trains: the config's, with the regularisers of its planned passes."""
-        return self.config.model.for_passes(self.planned_passes)
+        return self.config.model.for_passes(self.progress.planned_passes)
 
     def to_checkpoint(self) -> Checkpoint:
-        s = self.engine.state()
-        meta = training_meta(
-            self.config,
-            self.vocab,
-            s.rng,
-            self.step,
-            self.cursor,
-            s.optimizer_t,
-            self.best_val_loss,
-            self.evals_since_best,
-            self.val_fingerprint,
-            self.lr_horizon,
-            s.torch_rng,
-            self.planned_passes,
-        )
-        return Checkpoint(s.params, meta, s.optim_state, s.carry)
+        return Checkpoint.of(self.config, self.vocab, self.progress, self.engine.state())
 
 
 def _engine(config: Config, vocab: Vocab, state: EngineState, passes: float | None = None) -> Engine:
     """The engine that `train.engine` names, holding `state`, regularised for `passes`."""
-    tc = config.train
-    shape, settings = config.model.for_passes(passes).shape(len(vocab)), tc.optimizer_settings()
-    if tc.engine == "torch":
-        from charrnn.torch_engine import TorchEngine  # imports torch: only for this engine
-
-        return TorchEngine(shape, settings, tc.grad_clip, state, tc.device)
-    return NumpyEngine(shape, settings, tc.grad_clip, state)
+    tc, model = config.train, config.model.for_passes(passes)
+    shape, settings = model.shape(len(vocab)), tc.optimizer_settings()
+    return make_engine(tc.engine, shape, model.regularisers(), settings, tc.grad_clip, state, tc.device)
 
 
 def new_state(config: Config, vocab: Vocab) -> TrainState:
@@ -104,8 +80,7 @@ def init_state(base: Checkpoint, config: Config, vocab: Vocab) -> TrainState:
     with new characters appended, their rows initialised as in `grow_vocab`); the optimizer,
     data cursor, schedule and generators start fresh from `config`, whose model must have
     base's cell and size (its regularisers may differ)."""
-    size = ("cell", "hidden_size", "num_layers")
-    if any(getattr(config.model, k) != getattr(base.shape, k) for k in size):
+    if config.model.shape(len(base.vocab)) != base.shape:
         s = base.shape
         raise InvalidUsageError(
             f"--init-from: its model is {s.cell} {s.num_layers}x{s.hidden_size} but the config asks for "
@@ -134,25 +109,10 @@ def check_resumable(ckpt: Checkpoint, config: Config) -> None:
 def resume_state(ckpt: Checkpoint, config: Config, vocab: Vocab) -> TrainState:
     """The live state of a saved run, continued under `config` (checked by `check_resumable`)
     over `vocab`: the run's own, or that vocabulary with new characters appended."""
-    meta = ckpt.meta
-    state = EngineState(
-        ckpt.params, ckpt.optim_state, meta["optimizer_t"], ckpt.carry, meta["rng"], meta.get("torch_rng")
-    )
+    state, progress = ckpt.engine_state(), ckpt.progress
     if len(vocab) > len(ckpt.vocab):
         state = grow_vocab(state, ckpt.shape, len(vocab))
-    passes = meta.get("planned_passes")
-    return TrainState(
-        config,
-        vocab,
-        _engine(config, vocab, state, passes),
-        meta["step"],
-        meta["cursor"],
-        meta.get("best_val_loss"),
-        meta.get("evals_since_best", 0),
-        meta.get("val_fingerprint"),
-        meta.get("lr_horizon"),
-        passes,
-    )
+    return TrainState(config, vocab, _engine(config, vocab, state, progress.planned_passes), progress)
 
 
 def _grow(array: np.ndarray, axis: int, extra: np.ndarray) -> np.ndarray:
@@ -256,7 +216,7 @@ def _start(
         base = checkpoint.load(found)
         ids, vocab = load_ids(sources, base.vocab, run.path)
         state = init_state(base, build_config([{"model": base.meta["config"]["model"]}, *layers]), vocab)
-        log(f"initialised from {found} (step {base.meta['step']}, vocab {len(base.vocab)})")
+        log(f"initialised from {found} (step {base.progress.step}, vocab {len(base.vocab)})")
         if len(vocab) > len(base.vocab):
             log(f"vocabulary grew by {len(vocab) - len(base.vocab)}: {describe_chars(vocab.chars[len(base.vocab) :])}")
         return state, ids
@@ -283,17 +243,17 @@ def _loop(
     bar: bool | None,
     world: World,
 ) -> TrainResult:
-    tc = state.config.train
+    tc, so_far = state.config.train, state.progress  # so_far: the one RunProgress, advanced by each step
     world.streams(tc.batch_size)  # a batch that torchrun's processes cannot share fails here
     train_ids, val_ids = split_train_val(ids, tc.val_fraction)
     val_ids = val_ids[: tc.eval_chars] if tc.eval_chars else val_ids
     batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
-    target = state.step + steps if steps is not None else tc.max_steps
-    clock = Clock(time_limit, state.step, fixes_horizon=time_limit is not None and steps is None)
+    target = so_far.step + steps if steps is not None else tc.max_steps
+    clock = Clock(time_limit, so_far.step, fixes_horizon=time_limit is not None and steps is None)
     window = Window(tc.batch_size * tc.seq_len)
     val_loss, saved_at = None, -1
     with (
-        Progress(state.step, max(target, state.step), bar=bar, silent=not world.is_main) as progress,
+        Progress(so_far.step, max(target, so_far.step), bar=bar, silent=not world.is_main) as progress,
         MetricsLog(run.metrics if world.is_main else None) as metrics,
     ):
         _align(state, batcher, val_ids, progress.log)
@@ -301,40 +261,40 @@ def _loop(
         if not clock.fixes_horizon:  # the end is known now: --steps, or train.max_steps
             _plan_regularisers(state, target, len(train_ids), progress.log)
         with SignalStop() as stop, _nan_guard(run), np.errstate(over="ignore", invalid="ignore"):
-            while state.step < target:
-                halt, end = _verdict(world, clock, stop, state.step)
+            while so_far.step < target:
+                halt, end = _verdict(world, clock, stop, so_far.step)
                 if end is not None:  # --time has measured the step its deadline allows
                     _fix_horizon(state, min(end, target), progress)
                     _plan_regularisers(state, min(end, target), len(train_ids), progress.log)
                 if halt:
                     break
                 window.add(train_step(state, batcher))
-                progress.update(state.step)
-                if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
+                progress.update(so_far.step)
+                if so_far.step % tc.log_every == 0 or so_far.step % tc.eval_every == 0:
                     event = _event(state, window, clock)  # the steps' speed, without the evaluation
-                    if state.step % tc.eval_every == 0:
+                    if so_far.step % tc.eval_every == 0:
                         started = time.perf_counter()
-                        val_loss, saved_at = evaluate_and_save(state, run, val_ids, world), state.step
+                        val_loss, saved_at = evaluate_and_save(state, run, val_ids, world), so_far.step
                         event = event.with_val_loss(val_loss, time.perf_counter() - started)
-                        progress.evaluated(event, clock.eta(state.step, target))
+                        progress.evaluated(event, clock.eta(so_far.step, target))
                     progress.show(event)
                     metrics.write(event)
                     window.reset()
-                    if tc.patience and state.evals_since_best >= tc.patience:
+                    if tc.patience and so_far.evals_since_best >= tc.patience:
                         progress.log(f"no improvement in {tc.patience} evaluations; stopping early")
                         break
-            if saved_at != state.step:
+            if saved_at != so_far.step:
                 event, started = _event(state, window, clock), time.perf_counter()
                 val_loss = evaluate_and_save(state, run, val_ids, world)
                 metrics.write(event.with_val_loss(val_loss, time.perf_counter() - started))
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
-            raise SignalError(f"stopped by {name} at step {state.step}; saved {run.latest}", stop.signum)
+            raise SignalError(f"stopped by {name} at step {so_far.step}; saved {run.latest}", stop.signum)
         result = TrainResult(
-            state.step, window.last, val_loss, state.best_val_loss, window.speed(), clock.elapsed(), run.path
+            so_far.step, window.last, val_loss, so_far.best_val_loss, window.speed(), clock.elapsed(), run.path
         )
         progress.log(
-            f"done: step {state.step}, val loss {_round(val_loss)}, best {_round(state.best_val_loss)}, "
+            f"done: step {so_far.step}, val loss {_round(val_loss)}, best {_round(so_far.best_val_loss)}, "
             f"{result.elapsed:.1f}s"
         )
     return result
@@ -344,15 +304,16 @@ def train_step(state: TrainState, batcher: Batcher) -> Any:
     """One step of truncated BPTT on the next chunk, the hidden state carried from the last:
     forward, backward, clip, update (by the engine). Returns the chunk's loss (nats per
     character; a float, or an engine's number that `float()` reads)."""
-    if state.cursor == 0:
+    so_far = state.progress
+    if so_far.cursor == 0:
         state.engine.new_epoch()
-    x, y = batcher.chunk(state.cursor)
+    x, y = batcher.chunk(so_far.cursor)
     try:
         loss = state.engine.step(x, y, state.lr())
     except NonFiniteError as err:
-        raise NonFiniteError(f"{err} at step {state.step}") from None
-    state.step += 1
-    state.cursor = (state.cursor + 1) % batcher.chunks_per_epoch
+        raise NonFiniteError(f"{err} at step {so_far.step}") from None
+    so_far.step += 1
+    so_far.cursor = (so_far.cursor + 1) % batcher.chunks_per_epoch
     return loss
 
 
@@ -360,17 +321,17 @@ def evaluate_and_save(state: TrainState, run: RunDir, val_ids: np.ndarray, world
     """The validation loss (None without validation text); then latest.npz, and best.npz when
     the loss improved (or without validation). Under torchrun every rank evaluates and gathers
     the state; rank 0 writes."""
-    tc = state.config.train
+    tc, so_far = state.config.train, state.progress
     val_loss = None
     if len(val_ids) >= 2:
         val_loss = state.engine.evaluate(val_ids, tc.batch_size, tc.seq_len)
         if not math.isfinite(val_loss):
-            raise NonFiniteError(f"validation loss is not finite ({val_loss}) at step {state.step}")
-    improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+            raise NonFiniteError(f"validation loss is not finite ({val_loss}) at step {so_far.step}")
+    improved = val_loss is not None and (so_far.best_val_loss is None or val_loss < so_far.best_val_loss)
     if improved:
-        state.best_val_loss, state.evals_since_best = val_loss, 0
+        so_far.best_val_loss, so_far.evals_since_best = val_loss, 0
     elif val_loss is not None:
-        state.evals_since_best += 1
+        so_far.evals_since_best += 1
     ckpt = state.to_checkpoint()
     if world.is_main:
         run.save(ckpt, best=improved or val_loss is None)
@@ -391,8 +352,8 @@ def _event(state: TrainState, window: Window, clock: Clock) -> Event:
     would wait for the device) has it checked here."""
     loss = window.mean()
     if loss is not None and not math.isfinite(loss):
-        raise NonFiniteError(f"loss is not finite ({loss}) by step {state.step}")
-    return Event(state.step, loss, state.lr(), window.speed(), clock.elapsed())
+        raise NonFiniteError(f"loss is not finite ({loss}) by step {state.progress.step}")
+    return Event(state.progress.step, loss, state.lr(), window.speed(), clock.elapsed())
 
 
 class Window:
@@ -461,8 +422,8 @@ def _fix_horizon(state: TrainState, end: int, progress: Progress) -> None:
     schedule without a saved horizon ends there (saved with the checkpoint, so a resumed run
     keeps the same schedule), and the bar counts to it."""
     tc = state.config.train
-    if tc.lr_schedule == "cosine" and state.lr_horizon is None:
-        state.lr_horizon = end
+    if tc.lr_schedule == "cosine" and state.progress.lr_horizon is None:
+        state.progress.lr_horizon = end
         progress.log(f"cosine schedule: lr reaches {tc.min_lr:g} at step {end:,} (the end of --time)")
     progress.set_total(end)
 
@@ -471,27 +432,28 @@ def _plan_regularisers(state: TrainState, end: int, n_train: int, log: Callable[
     """The run's end is known: with model.by_passes, its passes over the `n_train` training
     characters decide its regularisers from here on (saved with the checkpoint, so a resumed run
     keeps them). A run that has decided already keeps its decision."""
-    if not state.config.model.by_passes or state.planned_passes is not None:
+    if not state.config.model.by_passes or state.progress.planned_passes is not None:
         return
     tc = state.config.train
-    state.planned_passes = end * tc.batch_size * tc.seq_len / max(n_train, 1)
+    passes = state.progress.planned_passes = end * tc.batch_size * tc.seq_len / max(n_train, 1)
     model = state.model()
-    state.engine.regularise(model.shape(len(state.vocab)))
+    state.engine.regularise(model.regularisers())
     rates = ", ".join(f"{key} {getattr(model, key):g}" for key in RATES)
-    log(f"regularisers for {state.planned_passes:.1f} passes over the training text (model.by_passes): {rates}")
+    log(f"regularisers for {passes:.1f} passes over the training text (model.by_passes): {rates}")
 
 
 def _align(state: TrainState, batcher: Batcher, val_ids: np.ndarray, log: Callable[[str], None]) -> None:
     """Fit a resumed state to this invocation's data: a new epoch when the cursor or the carried
     state no longer fit the batches; a new best when the validation text changed."""
-    if state.cursor >= batcher.chunks_per_epoch or state.engine.carried_streams() != state.config.train.batch_size:
-        state.cursor = 0
+    so_far = state.progress
+    if so_far.cursor >= batcher.chunks_per_epoch or state.engine.carried_streams() != state.config.train.batch_size:
+        so_far.cursor = 0
         state.engine.new_epoch()
     fingerprint = f"{len(val_ids)}:{zlib.crc32(np.ascontiguousarray(val_ids)):08x}"
-    if fingerprint != state.val_fingerprint:
-        if state.best_val_loss is not None:
+    if fingerprint != so_far.val_fingerprint:
+        if so_far.best_val_loss is not None:
             log("the validation text changed: best.npz will be replaced at the next evaluation")
-        state.val_fingerprint, state.best_val_loss, state.evals_since_best = fingerprint, None, 0
+        so_far.val_fingerprint, so_far.best_val_loss, so_far.evals_since_best = fingerprint, None, 0
 
 
 def _describe(state: TrainState, n_train: int, n_val: int, target: int, run: RunDir, world: World) -> str:
@@ -499,7 +461,7 @@ def _describe(state: TrainState, n_train: int, n_val: int, target: int, run: Run
     where = f"{state.engine.name} engine" + (f", {world.size} processes" if world.size > 1 else "")
     return (
         f"{m.cell} {m.num_layers}x{m.hidden_size}, vocab {len(state.vocab)}, {n_train:,} train / {n_val:,} val "
-        f"chars, step {state.step} -> {target}, {where}, run {run.path}"
+        f"chars, step {state.progress.step} -> {target}, {where}, run {run.path}"
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from charrnn.model import CharRNN, ModelShape, init_params
+from charrnn.model import CharRNN, ModelShape, Regularisers, init_params
 
 TINY = [  # a small vanilla RNN, whatever the defaults are
     "-s",
@@ -82,9 +82,9 @@ def make_model(
     **regularisers: Any,
 ) -> CharRNN:
     """A float64 model with weights large enough that every nonlinearity is exercised;
-    `regularisers`: other `ModelShape` fields (output_dropout, locked_dropout, weight_drop)."""
-    shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers, dropout=dropout, **regularisers)
+    `regularisers`: other `Regularisers` fields (output_dropout, locked_dropout, weight_drop)."""
+    shape = ModelShape(vocab_size=V, cell=cell, hidden_size=H, num_layers=layers)
     params = init_params(shape, np.random.default_rng(seed), np.dtype(np.float64))
     for p in params.values():
         p *= scale
-    return CharRNN(shape, params)
+    return CharRNN(shape, params, Regularisers(dropout=dropout, **regularisers))

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from charrnn.config import TrainConfig
-from charrnn.model import CharRNN, ModelShape, init_params
+from charrnn.model import CharRNN, ModelShape, Regularisers, init_params
 from charrnn.optim import Optimizer, clip_by_global_norm
 
 T, B, V, H = 128, 16, 40, 64
 
 
 def setup(cell: str, dtype=np.float32):
-    shape = ModelShape(V, cell, H, 2, dropout=0.2)
-    model = CharRNN(shape, init_params(shape, np.random.default_rng(0), np.dtype(dtype)))
+    shape = ModelShape(V, cell, H, 2)
+    model = CharRNN(shape, init_params(shape, np.random.default_rng(0), np.dtype(dtype)), Regularisers(dropout=0.2))
     rng = np.random.default_rng(1)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     optimizer = Optimizer(TrainConfig().optimizer_settings(), model.params)

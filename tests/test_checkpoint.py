@@ -3,6 +3,7 @@ line before anything large is allocated."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -20,7 +21,8 @@ from charrnn import checkpoint
 from charrnn.atomic import atomic_write
 from charrnn.config import Config
 from charrnn.errors import CheckpointError
-from charrnn.train import new_state
+from charrnn.model import Regularisers
+from charrnn.train import new_state, resume_state
 from charrnn.vocab import Vocab
 
 
@@ -174,3 +176,39 @@ def test_sample_refuses_a_pickle_bearing_npz_in_one_line(tmp_path: Path) -> None
 
 def _limit_memory(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_run_progress_is_saved_and_read_back_by_field_name(tmp_path: Path) -> None:
+    """Every field of RunProgress goes into the meta under its name and comes back as it was:
+    adding a field to the dataclass is all a new piece of progress needs."""
+    state = new_state(Config(), Vocab.from_chars("abc\n"))
+    values = {"step": 7, "cursor": 3, "best_val_loss": 1.25, "evals_since_best": 2, "val_fingerprint": "9:0000abcd"}
+    values |= {"lr_horizon": 40, "planned_passes": 12.5}
+    assert set(values) == {f.name for f in dataclasses.fields(checkpoint.RunProgress)}
+    state.progress = checkpoint.RunProgress(**values)
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, state.to_checkpoint())
+    loaded = checkpoint.load(path)
+    assert loaded.progress == state.progress
+    assert {name: loaded.meta[name] for name in values} == values
+
+
+def test_a_checkpoint_from_before_the_newer_fields_loads_and_resumes(tmp_path: Path) -> None:
+    """A checkpoint written before `lr_horizon`, `torch_rng`, `planned_passes` and the
+    regularisers other than dropout: they take their defaults, and training resumes from it."""
+    config = Config()
+    config.model.hidden_size = 8
+    ckpt = new_state(config, Vocab.from_chars("abc\n")).to_checkpoint()
+    for name in ("lr_horizon", "torch_rng", "planned_passes"):
+        del ckpt.meta[name]
+    old_model = {k: ckpt.meta["model"][k] for k in ("vocab_size", "cell", "hidden_size", "num_layers", "dropout")}
+    ckpt.meta["model"] = old_model
+    for key in ("output_dropout", "locked_dropout", "weight_drop", "by_passes"):
+        del ckpt.meta["config"]["model"][key]
+    path = tmp_path / "old.npz"
+    checkpoint.save(path, ckpt)
+    loaded = checkpoint.load(path)
+    assert loaded.progress == checkpoint.RunProgress()
+    assert loaded.regularisers == Regularisers() and loaded.engine_state().torch_rng is None
+    resumed = resume_state(loaded, loaded.config, loaded.vocab)
+    assert resumed.progress.planned_passes is None and resumed.engine.state().optimizer_t == 0

@@ -94,7 +94,7 @@ def test_by_passes_rules_apply_in_turn_from_the_passes_they_reach() -> None:
     )
     rates = {p: (m.dropout, m.weight_drop) for p in (None, 39.9, 40, 49, 55) for m in [config.model.for_passes(p)]}
     assert rates == {None: (0.3, 0.2), 39.9: (0.3, 0.2), 40: (0.4, 0.2), 49: (0.4, 0.2), 55: (0.4, 0.3)}
-    assert config.model.for_passes(55).shape(10).dropout == 0.4 and config.model.shape(10).dropout == 0.3
+    assert config.model.for_passes(55).regularisers().dropout == 0.4 and config.model.regularisers().dropout == 0.3
 
 
 @pytest.mark.parametrize(
