@@ -90,17 +90,33 @@ def _load_model(ctx: click.Context, param: click.Parameter, value: str | None) -
     return load(value)
 
 
-def model_option(command: Any) -> Any:
-    """`-m/--model RUN|NPZ`, declared once for every command that reads a model: the command
-    gets `lm`, the `LanguageModel` that `charrnn.load` finds (by the run directory's model rule)."""
+def _model_run(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    return value if value is not None else str(find_model(None).parent)
+
+
+def _model(dest: str, callback: Any) -> Any:
+    """`-m/--model RUN|NPZ`, the one declaration of the option, handing the command `dest`."""
     return click.option(
         "-m",
         "--model",
-        "lm",
+        dest,
         metavar="PATH",
-        callback=_load_model,
+        callback=callback,
         help="Run directory or .npz  [default: the most recent run under runs/]",
-    )(command)
+    )
+
+
+# For every command that reads a model: `lm`, the `LanguageModel` that `charrnn.load` finds (by
+# the run directory's model rule); for `serve`, which reloads it: `run`, the path it names.
+model_option = _model("lm", _load_model)
+model_path_option = _model("run", _model_run)
+
+
+def run_dir_option(required: bool, help: str) -> Any:
+    """`-o/--run-dir DIR`, the run directory a command writes."""
+    return click.option(
+        "-o", "--run-dir", required=required, type=click.Path(file_okay=False, path_type=Path), help=help
+    )
 
 
 def _default_run_dir(corpus: tuple[str, ...]) -> Path:
@@ -135,12 +151,7 @@ def _config_keys_help() -> str:
     metavar="KEY=VALUE",
     help="Override a config key, e.g. model.hidden_size=256 (repeatable).",
 )
-@click.option(
-    "-o",
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory  [default: runs/<corpus name>]",
-)
+@run_dir_option(required=False, help="Run directory  [default: runs/<corpus name>]")
 @click.option(
     "--steps", type=click.IntRange(min=0), help="Steps to run in this invocation  [default: until train.max_steps]"
 )
@@ -379,9 +390,7 @@ def export(out: Path, lm: LanguageModel) -> None:
 
 @cli.command("import")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o", "--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="New run directory."
-)
+@run_dir_option(required=True, help="New run directory.")
 @click.option(
     "--vocab",
     "vocab_file",
@@ -399,9 +408,7 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "-m", "--model", "run", metavar="PATH", help="Run directory or .npz  [default: the most recent run under runs/]"
-)
+@model_path_option
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")
 @click.option("--api-key", envvar="CHARRNN_API_KEY", help="Require Authorization: Bearer KEY  [env: CHARRNN_API_KEY]")
@@ -415,7 +422,6 @@ def serve(
 ) -> None:
     """Serve a model over OpenAI's completions API, reloading it when training replaces its
     checkpoint (needs the 'serve' extra). Stops cleanly on SIGTERM or Ctrl-C."""
-    run = run if run is not None else str(find_model(None).parent)
     serve_run(run, host, port, api_key_from(api_key), Limits(max_tokens, max_n, max_body))
 
 

@@ -129,7 +129,8 @@ def evaluate_dynamic(
 ) -> DynamicResult:
     """Static and dynamic loss of the concatenation of id `blocks` (read as they come, memory
     flat in the text's length), one stream from the zero state. `params` are not changed; the
-    adapting copy is dropped at the end. `rms`: from `gradient_rms` (needed by the rms rule)."""
+    adapting copy is dropped at the end. `rms`: from `gradient_rms` (needed by the rms rule).
+    The static pass is one of the places a text's cross-entropy is summed (see `evaluate.sum_xent`)."""
     static = CharRNN(shape, params)
     adapting = CharRNN(shape, {name: p.copy() for name, p in params.items()})
     update = _Update(adapting.params, settings, rms)

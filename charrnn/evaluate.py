@@ -66,7 +66,13 @@ def sum_xent(
     model: CharRNN, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray, seq_len: int, reuse_weights: bool
 ) -> tuple[float, np.ndarray]:
     """Summed cross-entropy of S streams: inputs and targets (S, L) ids, state (L, S, B, H) at
-    their start, `seq_len` steps per forward call. Returns the sum (nats) and the final state."""
+    their start, `seq_len` steps per forward call. Returns the sum (nats) and the final state.
+
+    A text's summed cross-entropy is also computed, each for its own job, by `model.CharRNN.loss`
+    (training), `score.sequence_nll` (records batched by length), `dynamic.evaluate_dynamic`
+    (its static pass), `viz.trace` (per character), `scheduler._logprobs` (the server's, per
+    character) and `torch_engine.TorchEngine.evaluate`; tests/test_cross_entropy.py checks that
+    they agree."""
     V = model.shape.vocab_size
     total = 0.0
     for start in range(0, inputs.shape[1], seq_len):

@@ -285,7 +285,8 @@ class CharRNN:
         """Mean cross-entropy (nats per char) of predicting `targets` (T, B) from `ids` (T, B).
 
         Keeps what `backward` needs. Dropout is applied only when `dropout_rng` is given.
-        Returns: loss, the new state (L, S, B, H).
+        Returns: loss, the new state (L, S, B, H). (One of the places a text's cross-entropy is
+        computed: see `charrnn.evaluate.sum_xent`.)
         """
         top, new_state = self.stack.forward(ids, state, True, dropout_rng)
         logits = linear.forward(top, self.params["W_hy"], self.params["b_y"], self._head_ws)

@@ -157,6 +157,10 @@ def generate_ids(
     Yields per step: (stream indices (n,), ids (n,)) for the streams that drew a character then.
     Finished streams leave the batch. The weights are prepared on the first call and reused
     after it, so the parameters must not change while the iterator is being consumed.
+
+    The server decodes in a loop of its own (`charrnn.scheduler`: streams join and leave between
+    steps, up to 4 stop texts, the stop left out of the text); tests/test_scheduler.py checks
+    that both give the same characters.
     """
     N = len(contexts)
     if N == 0 or length == 0:

@@ -8,6 +8,9 @@ they are drawn. Each stream draws from charrnn's counter-based generator with it
 stream index (`charrnn.sample.uniforms`), so a job's text equals `charrnn sample`'s for the
 same seed, stream index, prime and options, whatever else runs beside it. Streams are grouped
 by model: after a reload, jobs in flight finish on the model they started on.
+
+This is one of two decoding loops; the other, `charrnn.sample.generate_ids`, runs a fixed set of
+streams for `sample` and the Python API (tests/test_scheduler.py checks that they agree).
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ def _overlap(text: str, stop: str) -> int:
 
 def _logprobs(logits: np.ndarray, chosen: int, top: int, chars: tuple[str, ...]) -> dict[str, Any]:
     """The model's log-probability of the chosen character and of its `top` most likely ones
-    (the raw distribution: before temperature, top-k or top-p)."""
+    (the raw distribution: before temperature, top-k or top-p). One of the places a text's
+    cross-entropy is computed (see `charrnn.evaluate.sum_xent`)."""
     scores = logits.astype(np.float64)
     log_p = scores - scores.max()
     log_p -= math.log(np.exp(log_p).sum())

@@ -152,7 +152,8 @@ def sequence_nll(model: CharRNN, start_id: int, sequences: Sequence[np.ndarray])
     """Summed -log p of every id of each sequence, each read from the zero state after `start_id`.
 
     Inputs: B sequences of ids (each >= 1 long). Returns: (B,) float64 nats. The B streams run
-    together, right-padded, `CHUNK_STEPS` steps per forward call with the state carried.
+    together, right-padded, `CHUNK_STEPS` steps per forward call with the state carried. (One of
+    the places a text's cross-entropy is summed: see `evaluate.sum_xent`.)
     """
     B = len(sequences)
     lens = np.array([len(s) for s in sequences])

@@ -251,7 +251,8 @@ class TorchEngine:
 
     @torch.no_grad()
     def evaluate(self, ids: np.ndarray, streams: int, seq_len: int) -> float:
-        """`charrnn.evaluate.evaluate` on the device (every process computes it whole)."""
+        """`charrnn.evaluate.evaluate` on the device (every process computes it whole); one of the
+        places a text's cross-entropy is summed (see `charrnn.evaluate.sum_xent`)."""
         S = max(1, min(streams, len(ids) - 1))
         n = (len(ids) - 1) // S
         inputs = torch.from_numpy(np.asarray(ids[: S * n], dtype=np.int64).reshape(S, n).T.copy()).to(self.device)

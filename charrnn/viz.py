@@ -50,7 +50,8 @@ class Trace:
 
 
 def trace(lm: LanguageModel, text: str) -> Trace:
-    """Run the model over `text` step by step, keeping every layer's state after every character."""
+    """Run the model over `text` step by step, keeping every layer's state after every character.
+    Its surprise is one of the places a text's cross-entropy is computed (see `evaluate.sum_xent`)."""
     model, vocab = lm.model, lm.vocab
     ids = vocab.lookup(text).astype(np.int64)
     n = len(ids)

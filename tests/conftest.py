@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,40 @@ def make_model(
     for p in params.values():
         p *= scale
     return CharRNN(shape, params, Regularisers(dropout=dropout, **regularisers))
+
+
+class Recorder:
+    """A scheduler job's `emit`: the events it got, and a flag set at its end."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: tuple) -> None:
+        self.events.append(event)
+        if event[0] == "done":
+            self.done.set()
+
+    @property
+    def reason(self) -> str:
+        return self.events[-1][1]
+
+    @property
+    def streamed(self) -> str:
+        return "".join(text for kind, text in self.events if kind == "text")
+
+
+def run_jobs(jobs: list) -> None:
+    """Every `charrnn.scheduler.Job` (each with a `Recorder` as its emit) through one scheduler
+    thread, together, to its end."""
+    from charrnn.scheduler import Scheduler
+
+    scheduler = Scheduler()
+    scheduler.start()
+    scheduler.submit(jobs)
+    try:
+        for job in jobs:
+            assert job.emit.done.wait(60), "a job never ended"
+    finally:
+        scheduler.stop()
+        scheduler.join(10)
