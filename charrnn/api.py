@@ -11,8 +11,11 @@ lm.evaluate_dynamic(open("heldout.txt").read())  # static and dynamic loss (char
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +30,45 @@ from charrnn.rundir import find_model
 from charrnn.sample import Sampling, generate, starts, stream
 from charrnn.score import RecordScore, score_records, score_sources
 from charrnn.vocab import Vocab
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+# charrnn 0.1.0's generation calls, before prime came first and `n` became `length` (see
+# CHANGELOG.md): accepted with a FutureWarning until 0.3.0.
+_OLD_ORDER = {
+    "sample": ("n", "prime", "temperature", "top_k", "top_p", "stop", "seed", "greedy"),
+    "stream": ("n", "prime", "sampling", "seed", "stop"),
+    "samples": ("primes", "n", "sampling", "seed", "stop"),
+}
+
+
+def _accepts_old_order(method: Method) -> Method:
+    """Let `method` also take 0.1.0's call: `n=` for the length, or (sample, stream) the length
+    first, as a positional int; the call is translated, with a FutureWarning naming the new one."""
+    name, order = method.__name__, _OLD_ORDER[method.__name__]
+
+    @functools.wraps(method)
+    def call(self: LanguageModel, *args: Any, **kwargs: Any) -> Any:
+        length_first = order[0] == "n" and args and isinstance(args[0], int) and not isinstance(args[0], bool)
+        if "n" not in kwargs and not length_first:
+            return method(self, *args, **kwargs)
+        if len(args) > len(order):
+            raise ArgumentTypeError(f"{name}() takes at most {len(order)} arguments in charrnn 0.1.0's order")
+        named = dict(zip(order, args, strict=False))
+        if set(named) & set(kwargs):
+            raise ArgumentTypeError(f"{name}() got {sorted(set(named) & set(kwargs))} twice")
+        kwargs = {**named, **kwargs}
+        kwargs["length"] = kwargs.pop("n")
+        new = {"sample": "sample(prime, length, ...)", "stream": "stream(prime, length, ...)"}
+        warnings.warn(
+            f"{name}() called as in charrnn 0.1.0; write {new.get(name, 'samples(primes, length, ...)')}: the prime "
+            "comes first and `n` is `length` (the old call stops working in 0.3.0)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return method(self, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class LanguageModel:
@@ -60,6 +102,7 @@ class LanguageModel:
         model = f"{s.cell} {s.num_layers}x{s.hidden_size}, vocab {s.vocab_size}"
         return f"<LanguageModel {model}, step {self.step}: {self.path}>"
 
+    @_accepts_old_order
     def sample(
         self,
         prime: str = "",
@@ -77,6 +120,7 @@ class LanguageModel:
         sampling = Sampling(temperature, top_k, top_p, greedy)
         return "".join(self.stream(prime, length, sampling, seed, stop))
 
+    @_accepts_old_order
     def stream(
         self,
         prime: str = "",
@@ -89,6 +133,7 @@ class LanguageModel:
         _check_generation([prime], length, sampling, seed, stop)
         return stream(self.model, self.vocab, prime, length, sampling, seed, stop)
 
+    @_accepts_old_order
     def samples(
         self,
         primes: Sequence[str],

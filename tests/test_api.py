@@ -4,6 +4,7 @@ for generation's arguments (prime(s), length, sampling, seed, stop) across its m
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ def test_load_reads_best_before_latest_and_without_a_path_the_newest_run(tmp_pat
 NONSENSE = {
     "negative length": (lambda lm: lm.sample("ab", -5), ValueError),
     "length as a string": (lambda lm: lm.sample("ab", "10"), TypeError),
-    "a number as the prime": (lambda lm: lm.sample(-5), TypeError),
+    "a number as the prime": (lambda lm: lm.sample(5.0), TypeError),
+    "a negative length in 0.1.0's order": (lambda lm: lm.sample(-5), ValueError),
     "temperature as a string": (lambda lm: lm.sample("ab", 5, temperature="hot"), TypeError),
     "zero temperature": (lambda lm: lm.sample("ab", 5, temperature=0), ValueError),
     "negative seed": (lambda lm: lm.sample("ab", 5, seed=-1), ValueError),
@@ -78,3 +80,45 @@ def test_nonsense_arguments_raise_charrnn_errors_that_are_type_or_value_errors(t
     with pytest.raises(kind) as raised:
         call(lm)
     assert isinstance(raised.value, CharRNNError)
+
+
+OLD_CALLS = {
+    "sample(n, prime=...)": lambda lm: lm.sample(12, prime="ab", temperature=0.9, seed=3),
+    "sample(n, prime, temperature, top_k, top_p, stop, seed)": lambda lm: lm.sample(12, "ab", 0.9, 0, 1.0, None, 3),
+    "sample(n=..., prime=...)": lambda lm: lm.sample(n=12, prime="ab", temperature=0.9, seed=3),
+    "stream(n, prime, sampling, seed)": lambda lm: "".join(lm.stream(12, "ab", Sampling(temperature=0.9), 3)),
+    "samples(primes, n=...)": lambda lm: next(lm.samples(["ab"], n=12, sampling=Sampling(temperature=0.9), seed=3)),
+}
+
+
+@pytest.mark.parametrize("case", OLD_CALLS)
+def test_charrnn_0_1_generation_calls_still_work_with_a_warning(tmp_path: Path, case: str) -> None:
+    """0.1.0 took the length first (`sample(n, prime, ...)`); such a call gives the text of the
+    new one and a FutureWarning that says how to write it."""
+    lm = charrnn.load(_run(tmp_path / "run", 0))
+    with pytest.warns(FutureWarning, match=r"prime comes first and `n` is `length`"):
+        text = OLD_CALLS[case](lm)
+    assert text == lm.sample("ab", 12, temperature=0.9, seed=3)
+
+
+def test_the_new_generation_calls_warn_nothing(tmp_path: Path) -> None:
+    lm = charrnn.load(_run(tmp_path / "run", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.sample("ab", 5, seed=1)
+        "".join(lm.stream("ab", 5, Sampling(), 1))
+        list(lm.samples(["ab", "c"], 5, Sampling(), 1))
+
+
+def test_version_is_one_value_everywhere(tmp_path: Path) -> None:
+    """`charrnn --version`, the package and its installed metadata (pyproject reads it) agree,
+    and CHANGELOG.md has an entry for it."""
+    from importlib.metadata import version
+
+    from conftest import run_cli
+
+    proc = run_cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.decode().strip() == f"charrnn, version {charrnn.__version__}"
+    assert version("charrnn") == charrnn.__version__
+    changelog = (Path(__file__).parent.parent / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"## {charrnn.__version__} " in changelog
