@@ -1,5 +1,5 @@
 """Peak memory of one very long input, per command: `score` of a single-line record, `sample`
-with a long prime, `viz` of a large file, `eval` of a large file (README: Reliability).
+with a long prime, `viz` of a large file, `eval` of a large file (docs/cron.md).
 
     python benchmarks/long_inputs.py [--cases score,sample,viz,eval] [--mib 200] [--eval-mib 1024]
 

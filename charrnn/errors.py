@@ -1,4 +1,4 @@
-"""Errors a user can cause, each with the exit code the CLI reports (see README: Exit codes).
+"""Errors a user can cause, each with the exit code the CLI reports (see docs/commands.md, "Exit codes").
 
 The CLI prints any `CharRNNError` as one line and exits with its `exit_code`; a Python user
 catches `CharRNNError` (or one of its kinds below).

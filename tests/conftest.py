@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,6 +31,17 @@ TINY = [  # a small vanilla RNN, whatever the defaults are
     "-s",
     "train.log_every=5",
 ]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def doc_snippet(page: str, heading: str) -> str:
+    """The first ```python block after the line that starts with `heading` in `page` (a path from
+    the project's root: README.md, docs/serving.md, ...)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    after = text[re.search(rf"^{re.escape(heading)}", text, re.M).start() :]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
 
 
 def run_cli(

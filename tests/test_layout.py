@@ -16,7 +16,7 @@ PACKAGE = ROOT / "charrnn"
 def _code_map() -> dict[str, int]:
     """Module name (`train`, `layers.rnn`, ...) -> its layer's rank in the README's code map."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = text.split("### Code map", 1)[1].split("\n\n", 3)[2]
+    table = text.split("## Code map", 1)[1].split("\n\n", 3)[2]
     ranks: dict[str, int] = {}
     rank = -1
     for row in table.splitlines()[2:]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_clean_error, run_cli
+from conftest import TINY, assert_clean_error, doc_snippet, run_cli
 
 import charrnn
 from charrnn import Sampling
@@ -248,16 +248,14 @@ def test_a_port_in_use_is_one_line(folder: Path, server: str) -> None:
     assert_clean_error(proc, 1, f"cannot listen on 127.0.0.1:{port}")
 
 
-def test_the_readme_client_snippet_runs_as_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_docs_client_snippet_runs_as_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "play.txt").write_text("ROMEO: good night, sweet\nJULIET: hello there\n\n" * 100)
     run = ["-o", "runs/nightly", *TINY, "--steps", "5", "-q"]
     assert run_cli("train", "play.txt", *run, cwd=tmp_path).returncode == 0
     proc, address = start(tmp_path, "-m", "runs/nightly")
     try:
-        readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-        after = readme.split("## Serving a model: `charrnn serve`", 1)[1]
-        snippet = after.split("```python\n", 1)[1].split("```", 1)[0]
-        exec(compile(snippet.replace("http://127.0.0.1:8000", address), "README.md", "exec"), {})
+        snippet = doc_snippet("docs/serving.md", "# Serving a model")
+        exec(compile(snippet.replace("http://127.0.0.1:8000", address), "docs/serving.md", "exec"), {})
         assert len(capsys.readouterr().out) > 0  # the streamed completion
     finally:
         stop(proc)

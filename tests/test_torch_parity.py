@@ -1,6 +1,6 @@
 """charrnn against PyTorch on identical weights (float64): loss, every gradient, carried state.
 
-Weight mapping (README, "Parameters"): W_xh = weight_ih.T, W_hh = weight_hh.T; one-hot inputs
+Weight mapping (docs/model.md): W_xh = weight_ih.T, W_hh = weight_hh.T; one-hot inputs
 make layer 0's input product a row gather. RNN/LSTM: b_h = bias_ih + bias_hh (here bias_hh = 0,
 so each of torch's bias gradients equals ours). GRU: b_h = bias_ih + [bias_hh_r, bias_hh_z, 0],
 b_hn = bias_hh_n.
