@@ -46,6 +46,17 @@ class EngineState:
     torch_rng: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """What an engine's training step is besides its state: the model's sizes, the regularisers
+    it trains with (until `Engine.regularise`), the optimizer and the gradient-norm limit (0: none)."""
+
+    shape: ModelShape
+    regularisers: Regularisers
+    optimizer: OptimizerSettings
+    grad_clip: float
+
+
 class Engine(Protocol):
     name: str
 
@@ -69,21 +80,13 @@ class Engine(Protocol):
         """The contents, copied to numpy."""
 
 
-def make_engine(
-    name: str,
-    shape: ModelShape,
-    regularisers: Regularisers,
-    settings: OptimizerSettings,
-    grad_clip: float,
-    state: EngineState,
-    device: str = "auto",
-) -> Engine:
+def make_engine(name: str, settings: StepSettings, state: EngineState, device: str = "auto") -> Engine:
     """The engine `name` (one of `ENGINES`) holding `state`; `device` is the torch engine's."""
     if name == "torch":
         from charrnn.torch_engine import TorchEngine  # imports torch: only for this engine
 
-        return TorchEngine(shape, regularisers, settings, grad_clip, state, device)
-    return NumpyEngine(shape, regularisers, settings, grad_clip, state)
+        return TorchEngine(settings, state, device)
+    return NumpyEngine(settings, state)
 
 
 class NumpyEngine:
@@ -91,19 +94,12 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(
-        self,
-        shape: ModelShape,
-        regularisers: Regularisers,
-        settings: OptimizerSettings,
-        grad_clip: float,
-        state: EngineState,
-    ) -> None:
-        self.model = CharRNN(shape, state.params, regularisers)
-        self.optimizer = Optimizer(settings, self.model.params)
+    def __init__(self, settings: StepSettings, state: EngineState) -> None:
+        self.model = CharRNN(settings.shape, state.params, settings.regularisers)
+        self.optimizer = Optimizer(settings.optimizer, self.model.params)
         if state.optim_state:
             self.optimizer.load_state(state.optim_state, state.optimizer_t)
-        self.grad_clip = grad_clip
+        self.grad_clip = settings.grad_clip
         self.carry = state.carry
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state.rng

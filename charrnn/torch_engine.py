@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from charrnn.distributed import World
-from charrnn.engine import EngineState
+from charrnn.engine import EngineState, StepSettings
 from charrnn.errors import InvalidUsageError
 from charrnn.extras import require
-from charrnn.model import ModelShape, Regularisers
-from charrnn.optim import SLOTS, OptimizerSettings
+from charrnn.model import Regularisers
+from charrnn.optim import SLOTS
 
 torch = require("torch", "torch")
 F = torch.nn.functional
@@ -60,17 +60,9 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(
-        self,
-        shape: ModelShape,
-        regularisers: Regularisers,
-        settings: OptimizerSettings,
-        grad_clip: float,
-        state: EngineState,
-        device: str,
-        world: World | None = None,
-    ) -> None:
-        self.shape, self.regularisers, self.settings, self.grad_clip = shape, regularisers, settings, grad_clip
+    def __init__(self, settings: StepSettings, state: EngineState, device: str, world: World | None = None) -> None:
+        self.shape, self.regularisers, self.grad_clip = settings.shape, settings.regularisers, settings.grad_clip
+        self.settings = settings.optimizer
         self.world = world or World.current()
         self.device = self.world.device or resolve_device(device)
         self.name = f"torch ({self.device})"
@@ -82,7 +74,7 @@ class TorchEngine:
             f"{slot}.{name}": self._tensor(state.optim_state[f"{slot}.{name}"])
             if state.optim_state
             else torch.zeros_like(view)
-            for slot in SLOTS[settings.kind]
+            for slot in SLOTS[self.settings.kind]
             for name, view in self.params.items()
         }
         self.t = state.optimizer_t

@@ -28,7 +28,7 @@ from charrnn.config import RATES, Config, ModelConfig, build_config
 from charrnn.corpus import load_ids
 from charrnn.data import Batcher, Source, split_train_val
 from charrnn.distributed import World
-from charrnn.engine import Engine, EngineState, make_engine
+from charrnn.engine import Engine, EngineState, StepSettings, make_engine
 from charrnn.errors import InvalidUsageError, NonFiniteError, SignalError
 from charrnn.metrics import Event, MetricsLog
 from charrnn.model import ModelShape, init_params
@@ -64,8 +64,8 @@ class TrainState:
 def _engine(config: Config, vocab: Vocab, state: EngineState, passes: float | None = None) -> Engine:
     """The engine that `train.engine` names, holding `state`, regularised for `passes`."""
     tc, model = config.train, config.model.for_passes(passes)
-    shape, settings = model.shape(len(vocab)), tc.optimizer_settings()
-    return make_engine(tc.engine, shape, model.regularisers(), settings, tc.grad_clip, state, tc.device)
+    settings = StepSettings(model.shape(len(vocab)), model.regularisers(), tc.optimizer_settings(), tc.grad_clip)
+    return make_engine(tc.engine, settings, state, tc.device)
 
 
 def new_state(config: Config, vocab: Vocab) -> TrainState:

@@ -12,7 +12,7 @@ from conftest import Recorder, run_jobs
 import charrnn
 from charrnn.config import build_config
 from charrnn.dynamic import DynamicSettings
-from charrnn.engine import EngineState, make_engine
+from charrnn.engine import EngineState, StepSettings, make_engine
 from charrnn.model import init_params
 from charrnn.optim import OptimizerSettings
 from charrnn.rundir import create_run
@@ -45,7 +45,7 @@ def _served(lm: charrnn.LanguageModel) -> float:
 def _torch_validation(lm: charrnn.LanguageModel, ids: np.ndarray) -> float:
     pytest.importorskip("torch")
     state = EngineState(lm.model.params, {}, 0, None, np.random.default_rng(0).bit_generator.state)
-    engine = make_engine("torch", lm.shape, lm.regularisers, OptimizerSettings(), 0.0, state, "cpu")
+    engine = make_engine("torch", StepSettings(lm.shape, lm.regularisers, OptimizerSettings(), 0.0), state, "cpu")
     return engine.evaluate(ids, 1, 16) * (len(ids) - 1)
 
 
