@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -38,6 +39,8 @@ def main() -> None:
         subprocess.run([*CHARRNN, "train", str(CORPUS), "-o", str(run), "--steps", "20", "-q"], check=True)
         server = subprocess.Popen([*CHARRNN, "serve", "-m", str(run), "--port", "0"], stderr=subprocess.PIPE, text=True)
         address = server.stderr.readline().rsplit(" on ", 1)[1].strip()
+        while httpx.get(f"{address}/health").status_code != 200:  # the model loads in the background
+            time.sleep(0.05)
         client = openai.OpenAI(api_key="-", base_url=f"{address}/v1", max_retries=0)
 
         def complete(seed: int, chars: int = opts.chars) -> float:

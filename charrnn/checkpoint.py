@@ -50,12 +50,39 @@ class RunProgress:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> RunProgress:
-        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+        """The fields in `meta`, each checked against its annotation (ValueError if wrong)."""
+        values = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta}
+        for name, value in values.items():
+            kinds = str(cls.__dataclass_fields__[name].type).split(" | ")
+            if value is None and "None" in kinds:
+                continue
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            fits = {"int": number and isinstance(value, int), "float": number, "str": isinstance(value, str)}
+            if not any(fits.get(kind, False) for kind in kinds) or (number and not value >= 0):
+                raise ValueError(f"{name} is {value!r:.40}, not {' or '.join(kinds)} (and >= 0)")
+        return cls(**values)
 
 
 ENGINE_SCALARS = tuple(
     f.name for f in dataclasses.fields(EngineState) if f.name not in ("params", "optim_state", "carry")
 )
+TORCH_STATE_BYTES = (5056, 16)  # a torch.Generator's state: on a CPU (mt19937), on CUDA (Philox)
+
+
+def _check_generators(meta: dict[str, Any]) -> None:
+    """`rng` must be a state numpy's generator takes, `torch_rng` null or a torch generator's
+    state: bytes (ints in [0, 255]) of a length torch's generators have (ValueError if not)."""
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng"]
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
+        raise ValueError(f"rng is not a generator state ({err})") from None
+    state = meta.get("torch_rng")
+    if state is None:
+        return
+    if not isinstance(state, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in state):
+        raise ValueError("torch_rng is not a list of bytes")
+    if not all(0 <= b < 256 for b in state) or len(state) not in TORCH_STATE_BYTES:
+        raise ValueError(f"torch_rng is not a torch generator's state ({TORCH_STATE_BYTES} bytes)")
 
 
 @dataclass
@@ -259,6 +286,8 @@ def _expected_entries(meta: dict[str, Any], entries: dict[str, _Entry], path: Pa
         config = config_from_dict(meta["config"])
         shape = _fields_of(ModelShape, meta["model"])
         step, cursor, optimizer_t = int(meta["step"]), int(meta["cursor"]), int(meta["optimizer_t"])
+        RunProgress.from_meta(meta)
+        _check_generators(meta)
     except (KeyError, TypeError, ValueError, InvalidUsageError) as err:
         raise CheckpointError(f"{path}: inconsistent meta ({err})") from None
     _expect(min(step, cursor, optimizer_t) >= 0, path, "negative step or cursor")

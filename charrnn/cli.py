@@ -15,6 +15,7 @@ import click
 from charrnn import __version__
 from charrnn.api import LanguageModel, load
 from charrnn.config import ENGINES, Config, load_yaml, parse_override
+from charrnn.connections import ConnectionLimits
 from charrnn.data import UNITS, head, pieces, source_records, sources_from_args
 from charrnn.distributed import World
 from charrnn.dynamic import RULES, DynamicSettings
@@ -416,13 +417,48 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
     "--max-tokens", type=click.IntRange(min=1), default=Limits.max_tokens, help="Most characters a choice may ask for."
 )
 @click.option("--max-n", type=click.IntRange(min=1), default=Limits.max_n, help="Most choices per prompt.")
+@click.option(
+    "--max-choices",
+    type=click.IntRange(min=1),
+    default=Limits.max_choices,
+    help="Most choices per request (prompts x n).",
+)
+@click.option(
+    "--max-streams",
+    type=click.IntRange(min=1),
+    default=Limits.max_streams,
+    help="Most choices in flight in the server; a request past that gets 429.",
+)
 @click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, help="Largest request body, in bytes.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=ConnectionLimits.max_connections,
+    help="Most open connections; past that the slowest to send its headers is closed.",
+)
+@click.option(
+    "--client-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ConnectionLimits.header_timeout,
+    help="Seconds a client has to send a request's headers, and again its body.",
+)
 def serve(
-    run: str | None, host: str, port: int, api_key: str | None, max_tokens: int, max_n: int, max_body: int
+    run: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_tokens: int,
+    max_n: int,
+    max_choices: int,
+    max_streams: int,
+    max_body: int,
+    max_connections: int,
+    client_timeout: float,
 ) -> None:
     """Serve a model over OpenAI's completions API, reloading it when training replaces its
     checkpoint (needs the 'serve' extra). Stops cleanly on SIGTERM or Ctrl-C."""
-    serve_run(run, host, port, api_key_from(api_key), Limits(max_tokens, max_n, max_body))
+    limits = Limits(max_tokens, max_n, max_choices, max_body, client_timeout, max_streams)
+    serve_run(run, host, port, api_key_from(api_key), limits, ConnectionLimits(max_connections, client_timeout))
 
 
 @cli.command()

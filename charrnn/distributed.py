@@ -10,12 +10,36 @@ metrics and progress; after each step every rank learns, in one collective, whet
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from charrnn.errors import InvalidUsageError
+from charrnn.errors import CharRNNError, InvalidUsageError
 from charrnn.extras import require
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _collective(method: Method) -> Method:
+    """A collective over the ranks; when it fails because another rank has gone (killed, or
+    failed itself: gloo and NCCL raise a RuntimeError), one line that says so."""
+
+    @functools.wraps(method)
+    def call(self: World, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except RuntimeError as err:
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " prefix
+            raise CharRNNError(
+                f"process {self.rank} of {self.size}: another process training with it has stopped ({first:.200})"
+            ) from None
+
+    return call  # type: ignore[return-value]
 
 
 @dataclass
@@ -59,7 +83,8 @@ class World:
     def leave(self) -> None:
         """Leave the process group (the rank stays known, for the messages that follow)."""
         if self.size > 1 and require("torch", "torch").distributed.is_initialized():
-            require("torch", "torch").distributed.destroy_process_group()
+            with contextlib.suppress(RuntimeError):  # a group whose peer has gone
+                require("torch", "torch").distributed.destroy_process_group()
 
     def streams(self, batch: int) -> slice:
         """This rank's streams of a batch of `batch`."""
@@ -68,6 +93,7 @@ class World:
         share = batch // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
 
+    @_collective
     def average(self, tensors: list[Any]) -> None:
         """Each tensor replaced, in place, by its mean over the ranks."""
         if self.size > 1:
@@ -80,6 +106,7 @@ class World:
         self.average([scalar])
         return scalar
 
+    @_collective
     def gather_streams(self, carry: Any) -> Any:
         """Every rank's streams of a carried state (L, S, B/K, H), in rank order: (L, S, B, H)."""
         if self.size == 1:
@@ -89,6 +116,7 @@ class World:
         torch.distributed.all_gather(parts, carry.contiguous())
         return torch.cat(parts, dim=2)
 
+    @_collective
     def agree(self, values: list[int]) -> list[int]:
         """The largest of each value over the ranks (one collective): flags, and numbers only
         rank 0 sets (the others pass -1)."""
@@ -99,6 +127,7 @@ class World:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         return tensor.tolist()
 
+    @_collective
     def barrier(self) -> None:
         if self.size > 1:
             require("torch", "torch").distributed.barrier()

@@ -21,6 +21,7 @@ so standard input is read once; both are exact over every character after the fi
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -130,7 +131,8 @@ def evaluate_dynamic(
     """Static and dynamic loss of the concatenation of id `blocks` (read as they come, memory
     flat in the text's length), one stream from the zero state. `params` are not changed; the
     adapting copy is dropped at the end. `rms`: from `gradient_rms` (needed by the rms rule).
-    The static pass is one of the places a text's cross-entropy is summed (see `evaluate.sum_xent`)."""
+    A rate so large that the adapted weights overflow makes the dynamic loss infinite. The static
+    pass is one of the places a text's cross-entropy is summed (see `evaluate.sum_xent`)."""
     static = CharRNN(shape, params)
     adapting = CharRNN(shape, {name: p.copy() for name, p in params.items()})
     update = _Update(adapting.params, settings, rms)
@@ -147,9 +149,10 @@ def evaluate_dynamic(
             x, y = seg[:-1, None], seg[1:, None]  # (T, 1)
             logits, static_state = static.logits(x, static_state, reuse_weights=count > 0)
             static_total += xent_sum(logits.reshape(V, -1), y.reshape(-1))
-            loss, state = adapting.loss(x, y, state)
-            dynamic_total += loss * len(x)
-            update(adapting.backward())
+            with np.errstate(over="ignore", invalid="ignore"):  # a rate that makes the weights overflow
+                loss, state = adapting.loss(x, y, state)
+                dynamic_total += loss * len(x) if math.isfinite(loss) else math.inf
+                update(adapting.backward())
             count += len(x)
             pending = pending[len(x) :]
     if count == 0:

@@ -24,7 +24,8 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        """e^loss; inf where that overflows a float (a loss past ~709 nats)."""
+        return math.exp(self.loss) if self.loss < 709 else math.inf
 
     def to_dict(self) -> dict[str, float]:
         return {"loss": self.loss, "bpc": self.bpc, "perplexity": self.perplexity, "chars": self.chars}
@@ -70,7 +71,7 @@ def sum_xent(
 
     A text's summed cross-entropy is also computed, each for its own job, by `model.CharRNN.loss`
     (training), `score.sequence_nll` (records batched by length), `dynamic.evaluate_dynamic`
-    (its static pass), `viz.trace` (per character), `scheduler._logprobs` (the server's, per
+    (its static pass), `viz.trace` (per character), `scheduler.Logprobs` (the server's, per
     character) and `torch_engine.TorchEngine.evaluate`; tests/test_cross_entropy.py checks that
     they agree."""
     V = model.shape.vocab_size

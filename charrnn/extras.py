@@ -11,7 +11,7 @@ PACKAGES = {
     "plot": "matplotlib",
     "export": "safetensors, onnx and onnxruntime",
     "torch": "PyTorch",
-    "serve": "Starlette and uvicorn",
+    "serve": "Starlette, uvicorn and prometheus_client",
 }
 
 

@@ -4,33 +4,62 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from charrnn.api import LanguageModel
 from charrnn.sample import Sampling
+from charrnn.scheduler import Logprobs
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for (`charrnn serve` options)."""
+    """What one request may ask for, and what the server takes at once (`charrnn serve` options)."""
 
-    max_tokens: int = 4096
-    max_n: int = 64
+    max_tokens: int = 4096  # characters per choice
+    max_n: int = 64  # choices per prompt
+    max_choices: int = 128  # choices per request: prompts x n
     max_body: int = 1 << 20  # bytes
+    body_timeout: float = 10.0  # seconds for a body to arrive
+    max_streams: int = 1024  # choices in flight in the whole server; past that a 429
 
 
 class ApiError(Exception):
-    """A request the API refuses: OpenAI's error object with this status."""
+    """A request the API refuses: OpenAI's error object with this status (and headers, such as
+    a 429's Retry-After)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+        self.status, self.param, self.code, self.headers = status, param, code, headers
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(self.status)
+        kind = kind or ("server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+
+
+def parse_json(raw: bytes) -> dict:
+    """A request body as a JSON object; anything else (not JSON, not UTF-8, nested too deep for
+    Python, a number of more digits than Python reads) is a 400."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(
+            400, "the body is not valid JSON (or nests or counts beyond what is read)", None, "invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", None, "invalid_json")
+    return body
 
 
 def _field(body: dict, name: str, kind: type | tuple, default: Any, check: Any = None, rule: str = "") -> Any:
@@ -90,9 +119,17 @@ class Completion:
                 )
         if any(not stop for stop in stops):
             raise ApiError(400, "stop strings must not be empty", "stop", "invalid_value")
+        n = _field(body, "n", int, 1, lambda n: 1 <= n <= limits.max_n, f"an integer in [1, {limits.max_n}]")
+        if len(prompts) * n > limits.max_choices:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts x n {n} asks for {len(prompts) * n} choices; at most {limits.max_choices}",
+                "n" if len(prompts) == 1 else "prompt",
+                "too_many_choices",
+            )
         return cls(
             prompts,
-            _field(body, "n", int, 1, lambda n: 1 <= n <= limits.max_n, f"an integer in [1, {limits.max_n}]"),
+            n,
             _field(body, "max_tokens", int, 16, lambda m: 0 <= m <= limits.max_tokens, f"in [0, {limits.max_tokens}]"),
             sampling,
             _field(body, "seed", int, None, lambda s: s >= 0, "an integer >= 0"),
@@ -103,16 +140,24 @@ class Completion:
         )
 
 
-def logprobs_object(infos: list[dict]) -> dict[str, Any]:
-    """OpenAI's `logprobs` of a choice from the scheduler's per-character infos (the prompt's
-    first, with `echo`)."""
-    tokens = [info["token"] for info in infos]
-    return {
-        "tokens": tokens,
-        "token_logprobs": [info["logprob"] for info in infos],
-        "top_logprobs": [info["top"] for info in infos],
-        "text_offset": [sum(map(len, tokens[:i])) for i in range(len(tokens))],
-    }
+def logprobs_json(table: Logprobs, chars: tuple[str, ...], rows_per_piece: int = 256) -> Iterator[str]:
+    """OpenAI's `logprobs` of a choice from its table (the echoed prompt's rows first) as JSON
+    text, in pieces of a few hundred rows: a long echo's reply is encoded in many short calls,
+    never one that holds the interpreter for a second."""
+    rows = table.rows(chars)
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    yield '{"top_logprobs": ['
+    first = True
+    while piece := list(itertools.islice(rows, rows_per_piece)):
+        tokens += [row["token"] for row in piece]
+        token_logprobs += [row["logprob"] for row in piece]
+        text = json.dumps([row["top"] for row in piece], ensure_ascii=False)[1:-1]
+        yield text if first else ", " + text
+        first = False
+    yield '], "tokens": ' + json.dumps(tokens, ensure_ascii=False)
+    yield ', "token_logprobs": ' + json.dumps(token_logprobs)
+    yield ', "text_offset": ' + json.dumps(list(range(len(tokens)))) + "}"
 
 
 def chunk(meta: dict, index: int, text: str, finish: str | None) -> str:

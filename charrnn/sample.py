@@ -84,7 +84,13 @@ def next_ids(logits: np.ndarray, u: np.ndarray, sampling: Sampling = Sampling())
     from softmax(logits / temperature) restricted by top-k, then top-p (see `Sampling`)."""
     if sampling.greedy:
         return logits.argmax(axis=1)
-    scaled = logits.astype(np.float64) / sampling.temperature
+    with np.errstate(over="ignore"):
+        scaled = logits.astype(np.float64) / sampling.temperature
+    overflow = ~np.isfinite(scaled).all(axis=1)  # a temperature so low that the logits overflow
+    if overflow.any():  # sample at the limit T -> 0: greedily
+        picks = next_ids(np.where(overflow[:, None], 0.0, logits), u, sampling)
+        picks[overflow] = logits[overflow].argmax(axis=1)
+        return picks
     if 0 < sampling.top_k < scaled.shape[1]:
         kth = np.partition(scaled, -sampling.top_k, axis=1)[:, -sampling.top_k][:, None]
         scaled[scaled < kth] = -np.inf

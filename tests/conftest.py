@@ -106,12 +106,15 @@ def make_model(
 class Recorder:
     """A scheduler job's `emit`: the events it got, and a flag set at its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "", timeline: list | None = None) -> None:
         self.events: list[tuple] = []
         self.done = threading.Event()
+        self.name, self.timeline = name, timeline  # a timeline shared by jobs: (name, event) in order
 
     def __call__(self, event: tuple) -> None:
         self.events.append(event)
+        if self.timeline is not None:
+            self.timeline.append((self.name, event))
         if event[0] == "done":
             self.done.set()
 

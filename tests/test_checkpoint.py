@@ -212,3 +212,27 @@ def test_a_checkpoint_from_before_the_newer_fields_loads_and_resumes(tmp_path: P
     assert loaded.regularisers == Regularisers() and loaded.engine_state().torch_rng is None
     resumed = resume_state(loaded, loaded.config, loaded.vocab)
     assert resumed.progress.planned_passes is None and resumed.engine.state().optimizer_t == 0
+
+
+BAD_GENERATORS = {
+    "torch_rng of the wrong size": ("torch_rng", [1, 2, 3]),
+    "torch_rng of the wrong type": ("torch_rng", "abc"),
+    "torch_rng with values past a byte": ("torch_rng", [300] * 5056),
+    "rng that is no numpy state": ("rng", {"bit_generator": "PCG64", "state": "x"}),
+    "a negative step": ("step", -1),
+    "best_val_loss as a string": ("best_val_loss", "low"),
+    "planned_passes as a list": ("planned_passes", [1]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GENERATORS)
+def test_generator_states_and_progress_are_checked_when_read(tmp_path: Path, case: str) -> None:
+    """A value no engine could take is refused on load, naming it (so `train` falls back to
+    best.npz), instead of failing deep inside an engine or being written on."""
+    key, value = BAD_GENERATORS[case]
+    ckpt = new_state(Config(), Vocab.from_chars("abc\n")).to_checkpoint()
+    ckpt.meta[key] = value
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, ckpt)
+    with pytest.raises(CheckpointError, match=key):
+        checkpoint.load(path)

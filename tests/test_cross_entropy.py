@@ -63,7 +63,7 @@ def test_every_place_that_sums_cross_entropy_agrees(lm: charrnn.LanguageModel) -
         ).static.loss
         * n,
         "viz surprise (viz.trace)": float(trace(lm, TEXT).loss.sum()),
-        "server logprobs (scheduler._logprobs)": _served(lm),
+        "server logprobs (scheduler.Logprobs)": _served(lm),
         "torch validation (TorchEngine.evaluate)": _torch_validation(lm, ids),
     }
     reference = totals["eval (evaluate.sum_xent)"]

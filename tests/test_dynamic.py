@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,20 @@ def test_rms_without_optimizer_moments_is_one_line(run: Path) -> None:
     proc = run_cli("eval", "held.txt", "-m", "imported", "--dynamic", cwd=run)
     assert_clean_error(proc, 1, "sgd")
     assert run_cli("eval", "held.txt", "-m", "imported", "--dynamic", "--rule", "sgd", cwd=run).returncode == 0
+
+
+def test_a_rate_that_overflows_gives_an_infinite_perplexity_not_a_traceback(run: Path) -> None:
+    """`--dynamic-lr 1e30`: the adapted model's loss is astronomical; its perplexity (e^loss)
+    overflows a float and is reported as infinite."""
+    args = ["eval", "held.txt", "-m", "run", "--dynamic", "--dynamic-lr", "1e30", "--rule", "sgd"]
+    proc = run_cli(*args, cwd=run)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+    got = json.loads(run_cli(*args, "--json", cwd=run).stdout)
+    assert got["dynamic"]["loss"] > 1e6 and got["dynamic"]["perplexity"] == math.inf
+    assert got["static"]["perplexity"] < 100
+
+
+def test_perplexity_of_a_loss_past_what_a_float_holds_is_infinite() -> None:
+    from charrnn.evaluate import EvalResult
+
+    assert EvalResult(800.0, 10).perplexity == float("inf") and EvalResult(1.0, 10).perplexity == pytest.approx(math.e)

@@ -12,9 +12,10 @@ import pytest
 import charrnn
 from charrnn.config import build_config
 from charrnn.model import init_params
-from charrnn.openai_api import ApiError, Completion, Limits, chunk, logprobs_object
+from charrnn.openai_api import ApiError, Completion, Limits, chunk, logprobs_json
 from charrnn.rundir import create_run
 from charrnn.sample import Sampling
+from charrnn.scheduler import Logprobs
 from charrnn.vocab import Vocab
 
 LIMITS = Limits(max_tokens=100, max_n=4, max_body=1 << 10)
@@ -87,16 +88,20 @@ def test_error_types_follow_the_status() -> None:
     assert ApiError(413, "body").body()["error"]["type"] == "invalid_request_error"
 
 
-def test_logprobs_object_lines_up_tokens_offsets_and_alternatives() -> None:
-    infos = [
-        {"token": "a", "logprob": -0.1, "top": {"a": -0.1}},
-        {"token": "é", "logprob": -2.0, "top": {"b": -0.5}},
-        {"token": "c", "logprob": -0.3, "top": {"c": -0.3}},
-    ]
-    out = logprobs_object(infos)
-    assert out["tokens"] == ["a", "é", "c"] and out["token_logprobs"] == [-0.1, -2.0, -0.3]
-    assert out["top_logprobs"] == [{"a": -0.1}, {"b": -0.5}, {"c": -0.3}]
-    assert out["text_offset"] == [0, 1, 2]
+def test_logprobs_json_lines_up_tokens_offsets_and_alternatives_in_pieces() -> None:
+    table = Logprobs(2)
+    logits = np.log(np.array([[0.7, 0.1, 0.25], [0.2, 0.6, 0.7], [0.1, 0.3, 0.05]]))  # (V, T): columns sum to 1
+    table.add(logits, np.array([0, 2, 1]))
+    table.add(logits[:, :1], np.array([1]))  # a single row, as a generated character adds one
+    chars = ("a", "é", "c")
+    pieces = list(logprobs_json(table, chars, rows_per_piece=2))
+    out = json.loads("".join(pieces))
+    assert len(pieces) > 4 and out["tokens"] == ["a", "c", "é", "é"] and out["text_offset"] == [0, 1, 2, 3]
+    assert out["token_logprobs"] == pytest.approx(np.log([0.7, 0.3, 0.7, 0.2]).tolist())
+    assert list(out["top_logprobs"][0]) == ["a", "é"] and list(out["top_logprobs"][2]) == ["é", "a"]
+    assert out["top_logprobs"][1] == pytest.approx({"é": np.log(0.6), "c": np.log(0.3)})
+    narrower = json.loads("".join(logprobs_json(table.with_top(1), chars)))
+    assert [list(top) for top in narrower["top_logprobs"]] == [["a"], ["é"], ["é"], ["a"]]
 
 
 def test_a_chunk_is_one_server_sent_event_of_a_choice() -> None:

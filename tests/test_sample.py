@@ -3,6 +3,7 @@ batched priming and parallel streams handed out batch by batch."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,16 @@ def test_an_empty_stop_text_is_refused(run_dir: Path) -> None:
     assert_clean_error(run_cli("sample", "-m", str(run_dir), "--stop", "", cwd=run_dir.parent), 2, "stop text is empty")
     with pytest.raises(InvalidUsageError, match="stop text is empty"):
         charrnn.load(run_dir).sample("", 10, stop="")
+
+
+def test_a_temperature_so_low_that_the_logits_overflow_samples_greedily() -> None:
+    """logits / 1e-320 overflow to inf (and inf - inf is NaN): such rows take the most likely id,
+    the others draw as usual."""
+    logits = np.array([[1.0, 3.0, 2.0], [0.5, 0.1, 0.2]], np.float32)
+    u = np.array([0.3, 0.9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert next_ids(logits, u, Sampling(temperature=1e-320)).tolist() == [1, 0]
+        assert next_ids(logits, u, Sampling(temperature=1e-300)).tolist() == [1, 0]
+    mixed = np.array([[1.0, 3.0, 2.0], [0.0, 0.0, 0.0]], np.float32)  # the second row does not overflow
+    assert next_ids(mixed, u, Sampling(temperature=1e-320)).tolist() == [1, next_ids(mixed[1:], u[1:])[0]]

@@ -11,6 +11,7 @@ import pytest
 from conftest import Recorder, run_jobs
 
 import charrnn
+from charrnn import scheduler
 from charrnn.config import build_config
 from charrnn.model import init_params
 from charrnn.rundir import create_run
@@ -82,7 +83,7 @@ def test_empty_and_cancelled_jobs_end_without_text(lm: charrnn.LanguageModel) ->
     cancelled.cancelled.set()
     run_jobs([empty, cancelled])
     assert (empty.text, empty.emit.reason) == ("", "length")
-    assert cancelled.text == "" and cancelled.emit.reason == "length"
+    assert cancelled.text == "" and cancelled.emit.reason == "cancelled"
 
 
 def test_a_job_that_fails_ends_as_an_error_and_the_others_go_on(lm: charrnn.LanguageModel) -> None:
@@ -105,3 +106,61 @@ def test_echoed_logprobs_of_the_prompt_sum_to_its_score(lm: charrnn.LanguageMode
     for info in j.infos:  # the top alternatives are the most likely, and the chosen one is among all
         assert len(info["top"]) == 2 and max(info["top"].values()) >= info["logprob"] - 1e-12
         assert sum(math.exp(v) for v in info["top"].values()) <= 1 + 1e-9
+
+
+def test_a_long_prompt_is_fed_between_the_other_streams_steps(lm: charrnn.LanguageModel) -> None:
+    """A 20,000-character prompt is fed a piece at a time: a short job submitted after it is
+    done before the long one draws its first character."""
+    timeline: list = []
+    long = job(lm, "ab c\n" * 4000, 5, 0, streaming=True)
+    long.emit = Recorder("long", timeline)
+    short = job(lm, "a", 20, 1)
+    short.emit = Recorder("short", timeline)
+    run_jobs([long, short])
+    assert len(short.text) == 20 and len(long.text) == 5
+    short_done = timeline.index(("short", ("done", "length")))
+    long_first = next(i for i, (name, event) in enumerate(timeline) if name == "long" and event[0] == "text")
+    assert short_done < long_first
+
+
+def test_the_choices_of_one_prompt_are_fed_once(lm: charrnn.LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    fed: list[int] = []
+    original = scheduler._Priming.feed
+    monkeypatch.setattr(scheduler._Priming, "feed", lambda self, *a, **k: fed.append(n := original(self, *a, **k)) or n)
+    prompt = "ab c\n" * 200
+    jobs = [job(lm, prompt, 3, i) for i in range(16)]
+    run_jobs(jobs)
+    assert sum(fed) == len(prompt) + 1  # the start id and the prompt, once for all 16 choices
+    assert [j.text for j in jobs] == list(lm.samples([prompt] * 16, 3, Sampling(), seed=5))
+
+
+def test_streams_in_flight_are_bounded_and_every_ending_frees_its_place(lm: charrnn.LanguageModel) -> None:
+    sched = scheduler.Scheduler(max_streams=8)
+    first = [job(lm, "a", 30, i) for i in range(6)]
+    assert sched.submit(first) and sched.in_flight == 6
+    assert not sched.submit([job(lm, "b", 5, i) for i in range(3)])  # 9 > 8: refused whole
+    assert sched.in_flight == 6
+    first[0].cancelled.set()
+    sched.start()
+    try:
+        for j in first:
+            assert j.emit.done.wait(60)
+        assert sched.in_flight == 0 and first[0].emit.reason == "cancelled"
+        again = [job(lm, "b", 5, i) for i in range(8)]
+        assert sched.submit(again)
+        for j in again:
+            assert j.emit.done.wait(60)
+        assert sched.in_flight == 0
+    finally:
+        sched.stop()
+        sched.join(10)
+
+
+def test_echo_with_no_tokens_gives_the_prompt_s_logprobs(lm: charrnn.LanguageModel) -> None:
+    """`echo: true, logprobs: 1, max_tokens: 0` is how OpenAI clients score a text."""
+    prompt = "ab c\nbca"
+    j = job(lm, prompt, 0, 0, logprobs=1, echo=True)
+    run_jobs([j])
+    assert j.text == "" and j.emit.reason == "length"
+    assert [info["token"] for info in j.infos] == list(prompt) and all(len(i["top"]) == 1 for i in j.infos)
+    assert sum(info["logprob"] for info in j.infos) == pytest.approx(-lm.score(prompt) * len(prompt), rel=1e-5)

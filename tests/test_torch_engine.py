@@ -4,6 +4,7 @@ runs, checkpoints and behaviour."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -166,8 +167,6 @@ def _torchrun(folder: Path, *args: str, nproc: int = 2) -> subprocess.CompletedP
 
 
 def _quiet_env() -> dict[str, str]:
-    import os
-
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
@@ -262,3 +261,46 @@ def test_under_torchrun_every_rank_stops_together_and_one_checkpoint_is_written(
     assert len(stopped) == 1, err.decode()  # both ranks stopped at one step; rank 0 said so and saved
     step = int(stopped[0].split(" at step ")[1].split(";")[0])
     assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == step
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of `parent`), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_rank_killed_under_torchrun_leaves_one_line_per_rank_and_a_run_that_resumes(tmp_path: Path) -> None:
+    """SIGKILL of one process: the others say in one line that a process training with them
+    stopped (no traceback of charrnn's), the last checkpoint stays whole, and a rerun resumes."""
+    corpus = _corpus(tmp_path)
+    long = [*TORCH, "-s", "train.batch_size=8", "-s", "train.max_steps=1000000", "-s", "train.eval_every=20"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charrnn"]
+    proc = subprocess.Popen(
+        [*command, "train", corpus, "-o", "run", *long], cwd=tmp_path, stderr=subprocess.PIPE, env=_quiet_env()
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run/latest.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode != 0
+    assert not re.search(r"File \"[^\"]*/charrnn/", text), text
+    ours = [line for line in text.splitlines() if line.startswith("charrnn:")]
+    assert len(ours) <= 1 and all("another process training with it has stopped" in line for line in ours), ours
+    assert all("pair.cc" not in line for line in ours)  # gloo's source location is not the user's business
+    step = checkpoint.load(tmp_path / "run/latest.npz").meta["step"]
+    again = run_cli("train", corpus, "-o", "run", *long, "--steps", "3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == step + 3
