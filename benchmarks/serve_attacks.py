@@ -18,7 +18,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,9 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from serve_load import CHARRNN, CORPUS, start_server
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
-CHARRNN = [sys.executable, "-m", "charrnn"]
 ONE_CHAR = {"prompt": "ROMEO:", "max_tokens": 1}
 
 
@@ -192,12 +190,7 @@ def main() -> None:
         run = Path(tmp) / "run"
         subprocess.run([*CHARRNN, "train", str(CORPUS), "-o", str(run), "--steps", "20", "-q"], check=True)
         for name, attack in ATTACKS.items():
-            server = subprocess.Popen(
-                [*CHARRNN, "serve", "-m", str(run), "--port", "0"], stderr=subprocess.PIPE, text=True
-            )
-            address = server.stderr.readline().rsplit(" on ", 1)[1].strip()
-            while httpx.get(f"{address}/health").status_code != 200:
-                time.sleep(0.05)
+            server, address = start_server(run)
             httpx.post(f"{address}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 50})  # warm up
             time.sleep(1)
             before = rss_mib(server.pid)

@@ -28,6 +28,15 @@ CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ti
 CHARRNN = [sys.executable, "-m", "charrnn"]
 
 
+def start_server(run: Path) -> tuple[subprocess.Popen, str]:
+    """`charrnn serve` on `run` with its defaults, once its model has loaded; and its address."""
+    server = subprocess.Popen([*CHARRNN, "serve", "-m", str(run), "--port", "0"], stderr=subprocess.PIPE, text=True)
+    address = server.stderr.readline().rsplit(" on ", 1)[1].strip()
+    while httpx.get(f"{address}/health").status_code != 200:  # the model loads in the background
+        time.sleep(0.05)
+    return server, address
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
@@ -37,10 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         subprocess.run([*CHARRNN, "train", str(CORPUS), "-o", str(run), "--steps", "20", "-q"], check=True)
-        server = subprocess.Popen([*CHARRNN, "serve", "-m", str(run), "--port", "0"], stderr=subprocess.PIPE, text=True)
-        address = server.stderr.readline().rsplit(" on ", 1)[1].strip()
-        while httpx.get(f"{address}/health").status_code != 200:  # the model loads in the background
-            time.sleep(0.05)
+        server, address = start_server(run)
         client = openai.OpenAI(api_key="-", base_url=f"{address}/v1", max_retries=0)
 
         def complete(seed: int, chars: int = opts.chars) -> float:

@@ -408,33 +408,26 @@ def import_(source: Path, run_dir: Path, vocab_file: Path | None) -> None:
     )
 
 
+def _limit(default: int, help: str) -> dict[str, Any]:
+    """A serve limit's option settings: a positive integer with its default."""
+    return {"type": click.IntRange(min=1), "default": default, "help": help}
+
+
 @cli.command()
 @model_path_option
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")
 @click.option("--api-key", envvar="CHARRNN_API_KEY", help="Require Authorization: Bearer KEY  [env: CHARRNN_API_KEY]")
-@click.option(
-    "--max-tokens", type=click.IntRange(min=1), default=Limits.max_tokens, help="Most characters a choice may ask for."
-)
-@click.option("--max-n", type=click.IntRange(min=1), default=Limits.max_n, help="Most choices per prompt.")
-@click.option(
-    "--max-choices",
-    type=click.IntRange(min=1),
-    default=Limits.max_choices,
-    help="Most choices per request (prompts x n).",
-)
-@click.option(
-    "--max-streams",
-    type=click.IntRange(min=1),
-    default=Limits.max_streams,
-    help="Most choices in flight in the server; a request past that gets 429.",
-)
-@click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, help="Largest request body, in bytes.")
+@click.option("--max-tokens", **_limit(Limits.max_tokens, "Most characters a choice may ask for."))
+@click.option("--max-n", **_limit(Limits.max_n, "Most choices per prompt."))
+@click.option("--max-choices", **_limit(Limits.max_choices, "Most choices per request (prompts x n)."))
+@click.option("--max-streams", **_limit(Limits.max_streams, "Most choices in flight in the server; past that a 429."))
+@click.option("--max-body", **_limit(Limits.max_body, "Largest request body, in bytes."))
 @click.option(
     "--max-connections",
-    type=click.IntRange(min=1),
-    default=ConnectionLimits.max_connections,
-    help="Most open connections; past that the slowest to send its headers is closed.",
+    **_limit(
+        ConnectionLimits.max_connections, "Most open connections; past that the slowest to send its headers is closed."
+    ),
 )
 @click.option(
     "--client-timeout",

@@ -141,3 +141,14 @@ def run_jobs(jobs: list) -> None:
     finally:
         scheduler.stop()
         scheduler.join(10)
+
+
+NAMES = ["alice", "albert", "bob", "bonnie", "carol", "carl", "dave", "dora"] * 60
+
+
+def train_names(folder: Path, steps: int) -> Path:
+    """`folder/names`: the TINY model trained `steps` steps on a list of names (the server's tests)."""
+    (folder / "names.txt").write_text("\n".join(NAMES) + "\n")
+    proc = run_cli("train", "names.txt", "-o", "names", *TINY, "--steps", str(steps), "-q", cwd=folder)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return folder

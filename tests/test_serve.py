@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_clean_error, doc_snippet, run_cli
+from conftest import TINY, assert_clean_error, doc_snippet, run_cli, train_names
 
 import charrnn
 from charrnn import Sampling
@@ -22,8 +22,6 @@ from charrnn import Sampling
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
-
-NAMES = ["alice", "albert", "bob", "bonnie", "carol", "carl", "dave", "dora"] * 60
 
 
 def start(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -57,11 +55,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("serve")
-    (folder / "names.txt").write_text("\n".join(NAMES) + "\n")
-    proc = run_cli("train", "names.txt", "-o", "names", *TINY, "--steps", "60", "-q", cwd=folder)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return folder
+    return train_names(tmp_path_factory.mktemp("serve"), 60)
 
 
 @pytest.fixture(scope="module")

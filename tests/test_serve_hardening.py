@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import train_names
 from test_serve import start, stop, wait_until
 
 openai = pytest.importorskip("openai")
@@ -22,16 +22,10 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
-NAMES = ["alice", "albert", "bob", "bonnie", "carol", "carl", "dave", "dora"] * 60
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hardening")
-    (folder / "names.txt").write_text("\n".join(NAMES) + "\n")
-    proc = run_cli("train", "names.txt", "-o", "names", *TINY, "--steps", "30", "-q", cwd=folder)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return folder
+    return train_names(tmp_path_factory.mktemp("hardening"), 30)
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,18 @@ def _torchrun(folder: Path, *args: str, nproc: int = 2) -> subprocess.CompletedP
     )
 
 
+def _torchrun_saving(folder: Path, corpus: str, settings: list[str]) -> subprocess.Popen:
+    """torchrun training `run` with 2 processes, returned once it has written a checkpoint."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charrnn"]
+    proc = subprocess.Popen(
+        [*command, "train", corpus, "-o", "run", *settings], cwd=folder, stderr=subprocess.PIPE, env=_quiet_env()
+    )
+    deadline = time.monotonic() + 120
+    while not (folder / "run/latest.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc
+
+
 def _quiet_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -248,13 +260,7 @@ def test_under_torchrun_every_rank_stops_together_and_one_checkpoint_is_written(
     timed = _torchrun(tmp_path, "train", corpus, "-o", "timed", *long, "--time", "4s")
     assert timed.returncode == 0, timed.stderr.decode()
     assert timed.stderr.count(b"done: step") == 1 and checkpoint.load(tmp_path / "timed/latest.npz").meta["step"] > 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charrnn"]
-    proc = subprocess.Popen(
-        [*command, "train", corpus, "-o", "run", *long], cwd=tmp_path, stderr=subprocess.PIPE, env=_quiet_env()
-    )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run/latest.npz").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    proc = _torchrun_saving(tmp_path, corpus, long)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     _, err = proc.communicate(timeout=120)
     stopped = [line for line in err.decode().splitlines() if line.startswith("charrnn: stopped by SIGTERM")]
@@ -283,13 +289,7 @@ def test_a_rank_killed_under_torchrun_leaves_one_line_per_rank_and_a_run_that_re
     stopped (no traceback of charrnn's), the last checkpoint stays whole, and a rerun resumes."""
     corpus = _corpus(tmp_path)
     long = [*TORCH, "-s", "train.batch_size=8", "-s", "train.max_steps=1000000", "-s", "train.eval_every=20"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charrnn"]
-    proc = subprocess.Popen(
-        [*command, "train", corpus, "-o", "run", *long], cwd=tmp_path, stderr=subprocess.PIPE, env=_quiet_env()
-    )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run/latest.npz").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    proc = _torchrun_saving(tmp_path, corpus, long)
     victim = _rank_pid(proc.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
@@ -304,3 +304,19 @@ def test_a_rank_killed_under_torchrun_leaves_one_line_per_rank_and_a_run_that_re
     again = run_cli("train", corpus, "-o", "run", *long, "--steps", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr.decode()
     assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == step + 3
+
+
+def test_a_latest_checkpoint_with_a_bad_torch_generator_falls_back_to_best_in_one_line(tmp_path: Path) -> None:
+    """A torch_rng no generator takes (here: the wrong size) is refused when latest.npz is read;
+    training resumes from best.npz with one warning, on the torch engine, instead of a traceback."""
+    corpus = _corpus(tmp_path)
+    assert run_cli("train", corpus, "-o", "run", *TORCH, "--steps", "4", cwd=tmp_path).returncode == 0
+    latest = checkpoint.load(tmp_path / "run/latest.npz")
+    latest.meta["torch_rng"] = latest.meta["torch_rng"][:100]
+    checkpoint.save(tmp_path / "run/latest.npz", latest)
+    proc = run_cli("train", corpus, "-o", "run", *TORCH, "--steps", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    warnings = [line for line in proc.stderr.decode().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "torch_rng" in warnings[0] and "resuming from" in warnings[0]
+    assert b"Traceback" not in proc.stderr
+    assert checkpoint.load(tmp_path / "run/latest.npz").meta["step"] == 6  # best.npz's 4, and 2 more
