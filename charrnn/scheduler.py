@@ -164,7 +164,7 @@ class _Priming:
 
 class _Group:
     """The streams of one model in flight: state (L, S, N, H) and the logits they draw from
-    (V, N); and the prompts still being fed, first come first fed."""
+    (V, N); and the prompts still being fed (see `prime`)."""
 
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm

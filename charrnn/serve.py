@@ -151,59 +151,66 @@ UNAUTHORISED = ApiError(401, "a valid API key is required (Authorization: Bearer
 INTERNAL = ApiError(500, "the server failed to answer; its log says why", None, "internal_error")
 
 
+async def _read_body(request: Any, server: Server) -> dict:
+    """The body as a JSON object: at most `max_body` bytes, arriving within `body_timeout`,
+    parsed in a worker thread, naming this server's model if any."""
+    from starlette.concurrency import run_in_threadpool
+
+    limits = server.limits
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body:
+        raise ApiError(413, f"the body is larger than {limits.max_body} bytes", None, "too_large")
+    raw = bytearray()
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            async for part in request.stream():
+                raw += part
+                if len(raw) > limits.max_body:
+                    raise ApiError(413, f"the body is larger than {limits.max_body} bytes", None, "too_large")
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {limits.body_timeout:g} s", None, "timeout") from None
+    body = await run_in_threadpool(parse_json, bytes(raw))
+    model = body.get("model")
+    if model is not None and model != server.model_id:
+        raise ApiError(404, f"no model {model!r:.60}; this server has {server.model_id!r}", "model", "model_not_found")
+    return body
+
+
+def _endpoint(server: Server, name: str, handler: Callable, keyed: bool) -> Callable:
+    """The route of `handler`: the key checked (when `keyed`), every failure an OpenAI error
+    object (a fault of the server's: a 500 and one log line), the answer counted."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
+
+    async def answer(request: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            if keyed and not server.authorised(request):
+                raise UNAUTHORISED
+            response = await handler(request)
+        except ApiError as err:
+            response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        except ClientDisconnect:
+            response = Response(status_code=499)  # the client left while sending: nobody to answer
+        except Exception as err:
+            log.error("charrnn: %s failed: %s: %s", name, type(err).__name__, err)
+            response = JSONResponse(INTERNAL.body(), status_code=500)
+        server.telemetry.answered(name, response.status_code, time.perf_counter() - started)
+        return response
+
+    return answer
+
+
 def build_app(server: Server) -> Any:
     """The Starlette application over `server`."""
     require("starlette", "serve")
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect, Request
+    from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     limits = server.limits
-
-    async def read(request: Request) -> dict:
-        """The body as a JSON object: at most `max_body` bytes, arriving within `body_timeout`."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_body:
-            raise ApiError(413, f"the body is larger than {limits.max_body} bytes", None, "too_large")
-        raw = bytearray()
-        try:
-            async with asyncio.timeout(limits.body_timeout):
-                async for part in request.stream():
-                    raw += part
-                    if len(raw) > limits.max_body:
-                        raise ApiError(413, f"the body is larger than {limits.max_body} bytes", None, "too_large")
-        except TimeoutError:
-            raise ApiError(408, f"the body did not arrive within {limits.body_timeout:g} s", None, "timeout") from None
-        body = await run_in_threadpool(parse_json, bytes(raw))
-        model = body.get("model")
-        if model is not None and model != server.model_id:
-            raise ApiError(
-                404, f"no model {model!r:.60}; this server has {server.model_id!r}", "model", "model_not_found"
-            )
-        return body
-
-    def endpoint(name: str, handler: Callable, keyed: bool = True) -> Callable:
-        """The route: the key checked, every failure an OpenAI error object, the answer counted."""
-
-        async def answer(request: Request) -> Any:
-            started = time.perf_counter()
-            try:
-                if keyed and not server.authorised(request):
-                    raise UNAUTHORISED
-                response = await handler(request)
-            except ApiError as err:
-                response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-            except ClientDisconnect:
-                response = Response(status_code=499)  # the client left while sending: nobody to answer
-            except Exception as err:  # a fault of the server's: one line, and the client is told
-                log.error("charrnn: %s failed: %s: %s", name, type(err).__name__, err)
-                response = JSONResponse(INTERNAL.body(), status_code=500)
-            server.telemetry.answered(name, response.status_code, time.perf_counter() - started)
-            return response
-
-        return answer
 
     async def health(request: Request) -> Any:
         server.holder.refresh()
@@ -236,7 +243,7 @@ def build_app(server: Server) -> Any:
         return JSONResponse({"object": "list", "data": [{**entry, "owned_by": "charrnn"}]})
 
     async def completions(request: Request) -> Any:
-        body = await read(request)
+        body = await _read_body(request, server)
         lm = server.holder.current()
         completion = await run_in_threadpool(Completion.parse, body, lm, limits)
         jobs, events = server.jobs(completion, lm, asyncio.get_running_loop())
@@ -262,7 +269,7 @@ def build_app(server: Server) -> Any:
         return StreamingResponse(_reply(meta, completion, jobs, reasons), media_type="application/json")
 
     async def score(request: Request) -> Any:
-        body = await read(request)
+        body = await _read_body(request, server)
         records = strings(body, "input", required=True)
         lm = server.holder.current()
         scores = await run_in_threadpool(_score, lm, records)
@@ -270,11 +277,11 @@ def build_app(server: Server) -> Any:
         return JSONResponse({"object": "list", "model": server.model_id, "data": data})
 
     routes = [
-        Route("/health", endpoint("health", health, keyed=False)),
-        Route("/metrics", endpoint("metrics", metrics)),
-        Route("/v1/models", endpoint("models", models)),
-        Route("/v1/completions", endpoint("completions", completions), methods=["POST"]),
-        Route("/v1/score", endpoint("score", score), methods=["POST"]),
+        Route("/health", _endpoint(server, "health", health, keyed=False)),
+        Route("/metrics", _endpoint(server, "metrics", metrics, keyed=True)),
+        Route("/v1/models", _endpoint(server, "models", models, keyed=True)),
+        Route("/v1/completions", _endpoint(server, "completions", completions, keyed=True), methods=["POST"]),
+        Route("/v1/score", _endpoint(server, "score", score, keyed=True), methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
