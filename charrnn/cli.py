@@ -166,6 +166,9 @@ def _config_keys_help() -> str:
     type=click.Path(path_type=Path),
     help="Fine-tune: a new run starts from this run's (or .npz's) weights; fresh optimizer and schedule.",
 )
+@click.option(
+    "--tensorboard", is_flag=True, help="Shortcut for --set log.tensorboard=true: event files in RUN/tensorboard."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; a few plain log lines.")
 def train(
     corpus: tuple[str, ...],
@@ -179,6 +182,7 @@ def train(
     device: str | None,
     fresh: bool,
     init_from: Path | None,
+    tensorboard: bool,
     quiet: bool,
 ) -> None:
     """Train on CORPUS files (or - for standard input), resuming the run directory's checkpoint.
@@ -191,6 +195,7 @@ def train(
     layers += [parse_override(text) for text in overrides]
     shortcuts = {"seed": seed, "engine": engine, "device": device}
     layers += [{"train": {key: value}} for key, value in shortcuts.items() if value is not None]
+    layers += [{"log": {"tensorboard": True}}] if tensorboard else []
     sources = sources_from_args(corpus)
     train_run(
         sources,

@@ -104,9 +104,17 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool | str = (
+        False  # true: TensorBoard event files in <run>/tensorboard; or a directory D: D/<run name>
+    )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +151,8 @@ def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
             if not isinstance(value, dict):
                 raise InvalidUsageError(f"config key {path}: expected a mapping, got {value!r}")
             _apply(current, value, f"{path}.")
+        elif isinstance(value, str) and "str" in str(section.__dataclass_fields__[key].type).split(" | "):
+            setattr(section, key, value)  # a key that takes a flag or a string (log.tensorboard)
         else:
             setattr(section, key, _coerce(path, value, current))
 
@@ -189,6 +199,8 @@ def validate(config: Config) -> None:
     _check(t.dtype in DTYPES, "train.dtype", " | ".join(DTYPES), t.dtype)
     _check(t.engine in ENGINES, "train.engine", " | ".join(ENGINES), t.engine)
     _check(re.fullmatch(DEVICE, t.device) is not None, "train.device", "auto | cpu | cuda | cuda:N | mps", t.device)
+    tb = config.log.tensorboard
+    _check(not isinstance(tb, str) or bool(tb.strip()), "log.tensorboard", "true, false or a directory", tb)
 
 
 def _check_by_passes(rules: list[dict[str, float]]) -> None:

@@ -12,6 +12,7 @@ PACKAGES = {
     "export": "safetensors, onnx and onnxruntime",
     "torch": "PyTorch",
     "serve": "Starlette, uvicorn and prometheus_client",
+    "tensorboard": "TensorBoard",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,12 @@ class Event:
 class MetricsLog:
     """metrics.jsonl open for appending, one flushed line per event. A line cut short by a
     killed run is ended first, so that the next event starts a line of its own. With no path
-    (a process that does not write the run), events go nowhere."""
+    (a process that does not write the run), events go nowhere. Each of `sinks` (objects with
+    `write(event)` and `close()`: the trackers of `charrnn.tracking`) gets every event too."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, sinks: Sequence[Any] = ()) -> None:
         self._file = open(os.devnull, "w") if path is None else self._open(path)  # noqa: SIM115
+        self._sinks = list(sinks)
 
     @staticmethod
     def _open(path: Path) -> Any:
@@ -73,9 +76,13 @@ class MetricsLog:
     def write(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict()) + "\n")
         self._file.flush()
+        for sink in self._sinks:
+            sink.write(event)
 
     def close(self) -> None:
         self._file.close()
+        for sink in self._sinks:
+            sink.close()
 
     def __enter__(self) -> MetricsLog:
         return self

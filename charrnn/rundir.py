@@ -41,6 +41,7 @@ from charrnn.runlock import RunLock, is_locked
 from charrnn.vocab import Vocab
 
 CONFIG, LATEST, BEST, METRICS, LOCK = "config.yaml", "latest.npz", "best.npz", "metrics.jsonl", ".lock"
+TENSORBOARD = "tensorboard"  # event files, with log.tensorboard: true
 MODEL_ORDER = (BEST, LATEST)
 TRAINING_ORDER = (LATEST, BEST)
 MARKERS = (LATEST, BEST, METRICS, CONFIG)  # any of these makes a directory a run
@@ -69,6 +70,11 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / METRICS
+
+    def tensorboard(self, where: bool | str) -> Path:
+        """Where `log.tensorboard` puts this run's event files: true, `<run>/tensorboard`; a
+        directory D, `D/<run name>` (so that runs logged to one D show as TensorBoard's runs)."""
+        return self.path / TENSORBOARD if where is True else Path(where) / self.path.resolve().name
 
     def checkpoints(self, order: tuple[str, ...]) -> list[Path]:
         """The checkpoints that exist, in the order of a rule (`MODEL_ORDER`, `TRAINING_ORDER`)."""

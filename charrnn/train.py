@@ -35,6 +35,7 @@ from charrnn.model import ModelShape, init_params
 from charrnn.optim import learning_rate
 from charrnn.progress import Progress
 from charrnn.rundir import RunDir, find_model
+from charrnn.tracking import TensorBoardLog
 from charrnn.vocab import Vocab, describe_chars
 
 
@@ -254,7 +255,7 @@ def _loop(
     val_loss, saved_at = None, -1
     with (
         Progress(so_far.step, max(target, so_far.step), bar=bar, silent=not world.is_main) as progress,
-        MetricsLog(run.metrics if world.is_main else None) as metrics,
+        MetricsLog(run.metrics if world.is_main else None, _trackers(state, run, world)) as metrics,
     ):
         _align(state, batcher, val_ids, progress.log)
         progress.log(_describe(state, len(train_ids), len(val_ids), target, run, world))
@@ -298,6 +299,14 @@ def _loop(
             f"{result.elapsed:.1f}s"
         )
     return result
+
+
+def _trackers(state: TrainState, run: RunDir, world: World) -> list[Any]:
+    """What `log.*` asks to track, on the process that writes the run (see `charrnn.tracking`)."""
+    where = state.config.log.tensorboard
+    if where is False or not world.is_main:
+        return []
+    return [TensorBoardLog(run.tensorboard(where), state.config.to_dict(), state.progress.step)]
 
 
 def train_step(state: TrainState, batcher: Batcher) -> Any:
