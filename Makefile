@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,torch,export,plot,serve,tensorboard
+EXTRAS ?= dev,torch,export,plot,serve,tensorboard,wandb,sweep
 DEMO_TIME ?= 2m
 
 .PHONY: install test demo data bench lint clean

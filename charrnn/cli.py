@@ -29,6 +29,7 @@ from charrnn.runs import format_table, list_runs
 from charrnn.sample import Sampling
 from charrnn.serve import Limits, api_key_from
 from charrnn.serve import serve as serve_run
+from charrnn.sweep import BEST, PRUNERS, Budget, load_space, run_sweep, trials_table
 from charrnn.train import train as train_run
 from charrnn.viz import MAX_VIZ_CHARS, write_page
 
@@ -139,19 +140,30 @@ def _config_keys_help() -> str:
     return "\n".join(lines)
 
 
+def config_options(command: Any) -> Any:
+    """`-c/--config FILE` and `-s/--set KEY=VALUE`, the config layers of `train` and `sweep`."""
+    command = click.option(
+        "-s",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key, e.g. model.hidden_size=256 (repeatable).",
+    )(command)
+    return click.option(
+        "-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
+    )(command)
+
+
+def config_layers(config_file: Path | None, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The config file's values, then each override's, in order."""
+    layers: list[dict[str, Any]] = [load_yaml(config_file)] if config_file else []
+    return layers + [parse_override(text) for text in overrides]
+
+
 @cli.command(epilog=_config_keys_help())
 @click.argument("corpus", nargs=-1, required=True)
-@click.option(
-    "-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML config file."
-)
-@click.option(
-    "-s",
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config key, e.g. model.hidden_size=256 (repeatable).",
-)
+@config_options
 @run_dir_option(required=False, help="Run directory  [default: runs/<corpus name>]")
 @click.option(
     "--steps", type=click.IntRange(min=0), help="Steps to run in this invocation  [default: until train.max_steps]"
@@ -169,6 +181,7 @@ def _config_keys_help() -> str:
 @click.option(
     "--tensorboard", is_flag=True, help="Shortcut for --set log.tensorboard=true: event files in RUN/tensorboard."
 )
+@click.option("--wandb", metavar="PROJECT", help="Shortcut for --set log.wandb=PROJECT: log to Weights & Biases.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; a few plain log lines.")
 def train(
     corpus: tuple[str, ...],
@@ -183,6 +196,7 @@ def train(
     fresh: bool,
     init_from: Path | None,
     tensorboard: bool,
+    wandb: str | None,
     quiet: bool,
 ) -> None:
     """Train on CORPUS files (or - for standard input), resuming the run directory's checkpoint.
@@ -191,11 +205,11 @@ def train(
     --init-from, a new run starts from another run's weights (its vocabulary extended by new
     characters) with a fresh optimizer, data cursor and schedule from the config.
     """
-    layers: list[dict[str, Any]] = [load_yaml(config_file)] if config_file else []
-    layers += [parse_override(text) for text in overrides]
+    layers = config_layers(config_file, overrides)
     shortcuts = {"seed": seed, "engine": engine, "device": device}
     layers += [{"train": {key: value}} for key, value in shortcuts.items() if value is not None]
     layers += [{"log": {"tensorboard": True}}] if tensorboard else []
+    layers += [{"log": {"wandb": wandb}}] if wandb else []
     sources = sources_from_args(corpus)
     train_run(
         sources,
@@ -207,6 +221,78 @@ def train(
         progress_bar=False if quiet else None,
         init_from=init_from,
     )
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--sweep-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the trials' run directories (trial-NNNN), best.yaml and the journal file go.",
+)
+@click.option("--trials", type=click.IntRange(min=0), default=20, help="Trials in the study, counting every worker's.")
+@click.option("--budget", type=Duration(), help="Wall time per trial (10m, 1h): each trial trains this long.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial (instead of, or with, --budget).")
+@click.option(
+    "--space",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML search space: config keys to choices, ranges or values  [default: cell, size, layers, rates, lr, ...]",
+)
+@config_options
+@click.option(
+    "--storage",
+    help="Optuna storage URL shared by workers on many machines (postgresql://...)  [default: SWEEP_DIR/study.journal]",
+)
+@click.option("--study", "study_name", help="The study's name in the storage  [default: SWEEP_DIR's name]")
+@click.option("--pruner", type=click.Choice(PRUNERS), default="median", help="Stops trials that cannot win.")
+@click.option("--seed", type=click.IntRange(min=0), help="The sampler's seed (give each worker its own).")
+@click.option(
+    "--heartbeat",
+    type=click.IntRange(min=1),
+    default=60,
+    help="Database storage: seconds between a trial's heartbeats; silent for twice this, it is failed.",
+)
+def sweep(
+    corpus: tuple[str, ...],
+    sweep_dir: Path,
+    trials: int,
+    budget: float | None,
+    steps: int | None,
+    space: Path | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    storage: str | None,
+    study_name: str | None,
+    pruner: str,
+    seed: int | None,
+    heartbeat: int,
+) -> None:
+    """Search for the settings that model CORPUS best in a budget: Optuna trials, each a run
+    directory trained by `train`, until the study has --trials of them. Run the same command in
+    more processes (and on more machines, with --storage) to add workers. Prints the trials,
+    best first; the best trial's config goes to SWEEP_DIR/best.yaml."""
+    out = Stdout()
+    study = run_sweep(
+        sources_from_args(corpus),
+        sweep_dir,
+        trials,
+        Budget(budget, steps),
+        config_layers(config_file, overrides),
+        load_space(space),
+        storage,
+        study_name,
+        pruner,
+        seed,
+        heartbeat,
+        log=lambda line: click.echo(line, err=True),
+    )
+    out.write(trials_table(study), "\n")
+    out.flush()
+    best = sweep_dir / BEST
+    if best.exists():
+        click.echo(f"the best trial's config: {best} (charrnn train CORPUS -c {best})", err=True)
 
 
 @cli.command()

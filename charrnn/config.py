@@ -108,6 +108,7 @@ class LogConfig:
     tensorboard: bool | str = (
         False  # true: TensorBoard event files in <run>/tensorboard; or a directory D: D/<run name>
     )
+    wandb: str = ""  # a W&B project: the run logged to Weights & Biases (WANDB_MODE=offline: kept in <run>/wandb)
 
 
 @dataclass
@@ -201,6 +202,9 @@ def validate(config: Config) -> None:
     _check(re.fullmatch(DEVICE, t.device) is not None, "train.device", "auto | cpu | cuda | cuda:N | mps", t.device)
     tb = config.log.tensorboard
     _check(not isinstance(tb, str) or bool(tb.strip()), "log.tensorboard", "true, false or a directory", tb)
+    project = config.log.wandb
+    ok = project == "" or (bool(project.strip()) and len(project) <= 128 and not re.search(r"[/\\#?%:]", project))
+    _check(ok, "log.wandb", "a W&B project name (at most 128 characters, none of / \\ # ? % :)", project)
 
 
 def _check_by_passes(rules: list[dict[str, float]]) -> None:
@@ -230,13 +234,18 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
-    nested: dict[str, Any] = {}
-    node = nested
-    parts = key.strip().split(".")
+    return nested(key.strip(), value)
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """`a.b`, value -> {"a": {"b": value}}: one key's config layer."""
+    layer: dict[str, Any] = {}
+    node = layer
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
-    return nested
+    return layer
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -13,6 +13,8 @@ PACKAGES = {
     "torch": "PyTorch",
     "serve": "Starlette, uvicorn and prometheus_client",
     "tensorboard": "TensorBoard",
+    "sweep": "Optuna",
+    "wandb": "Weights & Biases' client",
 }
 
 

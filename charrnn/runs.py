@@ -111,10 +111,16 @@ def format_table(rows: list[RunInfo], now: float | None = None) -> str:
                 state,
             )
         )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    return aligned(lines)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells (the first row the header) as text columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in lines
-    ).rstrip()
+        ("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]).rstrip()
+        for row in rows
+    )
 
 
 def _loss(value: float | None) -> str:

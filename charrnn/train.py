@@ -35,7 +35,7 @@ from charrnn.model import ModelShape, init_params
 from charrnn.optim import learning_rate
 from charrnn.progress import Progress
 from charrnn.rundir import RunDir, find_model
-from charrnn.tracking import TensorBoardLog
+from charrnn.tracking import TensorBoardLog, WandbLog
 from charrnn.vocab import Vocab, describe_chars
 
 
@@ -164,12 +164,16 @@ def train(
     fresh: bool = False,
     progress_bar: bool | None = None,
     init_from: Path | None = None,
+    sinks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train (or resume training) a model in `run_dir` on the concatenated sources.
 
     Runs `steps` steps, or until `train.max_steps` in total, or until `time_limit` seconds,
     whichever comes first, then evaluates and saves. `init_from` (a run directory or a
-    checkpoint) gives a new run its first weights: fine-tuning (see `init_state`).
+    checkpoint) gives a new run its first weights: fine-tuning (see `init_state`). Each of
+    `sinks` (an object with `write(event)` and `close()`) gets every metrics event as it is
+    written, on the process that writes the run; an exception it raises stops training there,
+    after the event's checkpoint (a sweep's pruner does so).
     """
     asked = build_config(list(config_layers))  # a usage error must not leave an empty run directory behind
     world = _join(asked)
@@ -178,7 +182,7 @@ def train(
         if not world.is_main:  # torchrun's other ranks: read what rank 0 has prepared, write nothing
             world.barrier()
             state, ids = _start(run, sources, config_layers, fresh, lambda message: None, init_from)
-            return _loop(state, ids, run, steps, time_limit, progress_bar, world)
+            return _loop(state, ids, run, steps, time_limit, progress_bar, world, ())
         with run.create().lock():
             log = Progress(0, 0, bar=False).log
             removed = run.remove_leftovers()
@@ -187,7 +191,7 @@ def train(
             state, ids = _start(run, sources, config_layers, fresh, log, init_from)
             run.write_config(state.config)
             world.barrier()
-            return _loop(state, ids, run, steps, time_limit, progress_bar, world)
+            return _loop(state, ids, run, steps, time_limit, progress_bar, world, sinks)
     finally:
         world.leave()
 
@@ -243,6 +247,7 @@ def _loop(
     time_limit: float | None,
     bar: bool | None,
     world: World,
+    sinks: Sequence[Any],
 ) -> TrainResult:
     tc, so_far = state.config.train, state.progress  # so_far: the one RunProgress, advanced by each step
     world.streams(tc.batch_size)  # a batch that torchrun's processes cannot share fails here
@@ -255,7 +260,7 @@ def _loop(
     val_loss, saved_at = None, -1
     with (
         Progress(so_far.step, max(target, so_far.step), bar=bar, silent=not world.is_main) as progress,
-        MetricsLog(run.metrics if world.is_main else None, _trackers(state, run, world)) as metrics,
+        MetricsLog(run.metrics if world.is_main else None, [*_trackers(state, run, world), *sinks]) as metrics,
     ):
         _align(state, batcher, val_ids, progress.log)
         progress.log(_describe(state, len(train_ids), len(val_ids), target, run, world))
@@ -303,10 +308,15 @@ def _loop(
 
 def _trackers(state: TrainState, run: RunDir, world: World) -> list[Any]:
     """What `log.*` asks to track, on the process that writes the run (see `charrnn.tracking`)."""
-    where = state.config.log.tensorboard
-    if where is False or not world.is_main:
+    log, config, step = state.config.log, state.config.to_dict(), state.progress.step
+    if not world.is_main:
         return []
-    return [TensorBoardLog(run.tensorboard(where), state.config.to_dict(), state.progress.step)]
+    trackers: list[Any] = []
+    if log.tensorboard is not False:
+        trackers.append(TensorBoardLog(run.tensorboard(log.tensorboard), config, step))
+    if log.wandb:
+        trackers.append(WandbLog(log.wandb, run.path, config, step))
+    return trackers
 
 
 def train_step(state: TrainState, batcher: Batcher) -> Any:

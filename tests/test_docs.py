@@ -75,9 +75,10 @@ def _documented(page: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(cli.commands))
 def test_every_command_and_option_is_documented(name: str) -> None:
-    """Each command has a heading in docs/commands.md (serve: docs/serving.md) naming it, and
+    """Each command has a heading in docs/commands.md (serve: docs/serving.md; sweep:
+    docs/sweeps.md) naming it, and
     each of its options appears there."""
-    page = _documented("serving.md" if name == "serve" else "commands.md")
+    page = _documented({"serve": "serving.md", "sweep": "sweeps.md"}.get(name, "commands.md"))
     assert re.search(rf"^#+ .*`charrnn {name}\b", page, re.M), f"no heading for charrnn {name}"
     options = [opt for param in cli.commands[name].params if isinstance(param, click.Option) for opt in param.opts]
     missing = [opt for opt in options if opt.startswith("--") and f"`{opt}" not in page and f" {opt}" not in page]

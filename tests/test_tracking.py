@@ -1,10 +1,13 @@
 """Experiment tracking (`charrnn.tracking`): TensorBoard event files read back with
 TensorBoard's own reader and compared with metrics.jsonl, a resumed run's curves, the
-directory form, rank 0 alone under torchrun, and a missing extra."""
+directory form, rank 0 alone under torchrun, and a missing extra; a W&B run kept offline,
+read back from its .wandb files with W&B's own record format."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +113,73 @@ def test_under_torchrun_rank_0_alone_writes_events(corpus: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     files = list((corpus / "run" / "tensorboard").iterdir())
     assert len(files) == 1 and _scalars(_read(corpus / "run" / "tensorboard"), "train/loss").keys() == {2, 4}
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a .wandb file: W&B's header (`:W&B`, a magic number, a version), then
+    LevelDB's log format (32 KiB blocks of chunks: crc32c, length, type) around W&B's own
+    protobuf `Record`s, decoded with W&B's generated classes."""
+    wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, records, pending = 7, [], b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:  # a whole record
+            records.append(chunk)
+        elif kind in (2, 3):  # its first or a middle piece
+            pending = chunk if kind == 2 else pending + chunk
+        elif kind == 4:  # its last piece
+            records.append(pending + chunk)
+    return [wandb_pb.Record.FromString(record) for record in records]
+
+
+def test_a_wandb_run_kept_offline_holds_what_metrics_jsonl_holds_and_a_resume_continues_it(corpus: Path) -> None:
+    pytest.importorskip("wandb")
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for _ in range(2):  # 8 steps, then 8 more resumed
+        proc = run_cli("train", "c.txt", "-o", "run", *RUN, "--wandb", "proj", "--steps", "8", cwd=corpus, env=offline)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert proc.stdout == b""  # W&B's console capture is off: standard output stays clean
+    files = sorted((corpus / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    history, runs = {}, []
+    for file in files:
+        for record in wandb_records(file):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
+                }
+                history[record.history.step.num] = items
+            elif kind == "run":
+                runs.append(record.run)
+    run_id = (corpus / "run" / "wandb-id").read_text()
+    assert [(r.run_id, r.project) for r in runs] == [(run_id, "proj")] * 2  # one W&B run, resumed
+    config = {u.key: json.loads(u.value_json) for u in runs[0].config.update}
+    assert config["model"]["hidden_size"] == 16 and config["log"]["wandb"] == "proj"
+    lines = read_metrics(corpus / "run" / "metrics.jsonl")
+    assert sorted(history) == [line["step"] for line in lines] == [2, 4, 6, 8, 10, 12, 14, 16]
+    for line in lines:
+        logged = history[line["step"]]
+        assert logged["train/loss"] == pytest.approx(line["train_loss"], rel=1e-9)
+        assert logged["lr"] == pytest.approx(line["lr"], rel=1e-9)
+        assert logged.get("val/loss") == (pytest.approx(line["val_loss"], rel=1e-9) if "val_loss" in line else None)
+
+
+def test_wandb_refuses_bad_projects_and_says_how_to_install_it(corpus: Path) -> None:
+    for bad in ("a/b", " ", "x" * 129):
+        proc = run_cli("train", "c.txt", "-o", "r", *RUN, "-s", f"log.wandb={bad}", cwd=corpus)
+        assert_clean_error(proc, 2, "log.wandb")
+    code = "import sys; sys.modules['wandb'] = None\nfrom charrnn.cli import run; sys.exit(run(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "train", "c.txt", "-o", "run", *RUN, "--wandb", "p", "--steps", "2"],
+        cwd=corpus,
+        capture_output=True,
+    )
+    assert_clean_error(proc, 1, "pip install 'charrnn[wandb]'")
