@@ -160,7 +160,16 @@ def logprobs_json(table: Logprobs, chars: tuple[str, ...], rows_per_piece: int =
     yield ', "text_offset": ' + json.dumps(list(range(len(tokens)))) + "}"
 
 
-def chunk(meta: dict, index: int, text: str, finish: str | None) -> str:
-    """One server-sent event of a streamed completion."""
-    choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+def chunk(meta: dict, index: int, text: str, finish: str | None, rows: list | None = None, offset: int = 0) -> str:
+    """One server-sent event of a streamed completion; with `rows` (a `Logprobs` table's rows
+    for the characters of `text`), their logprobs, offsets counted from `offset`."""
+    logprobs = None
+    if rows is not None:
+        logprobs = {
+            "tokens": [row["token"] for row in rows],
+            "token_logprobs": [row["logprob"] for row in rows],
+            "top_logprobs": [row["top"] for row in rows],
+            "text_offset": list(range(offset, offset + len(rows))),
+        }
+    choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
     return f"data: {json.dumps({**meta, 'choices': [choice]}, ensure_ascii=False)}\n\n"

@@ -17,6 +17,7 @@ streams for `sample` and the Python API (tests/test_scheduler.py checks that the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -70,10 +71,15 @@ class Logprobs:
     def __len__(self) -> int:
         return sum(len(block[0]) for block in self.blocks + self._small)
 
-    def rows(self, chars: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-        """{"token", "logprob", "top": {char: logprob, ...}} per character, in order."""
+    def rows(self, chars: tuple[str, ...], start: int = 0) -> Iterator[dict[str, Any]]:
+        """{"token", "logprob", "top": {char: logprob, ...}} per character, in order, from row
+        `start` (the blocks before it skipped whole)."""
         for ids, lp, top_ids, top_lp in self.blocks + self._small:
-            for k in range(len(ids)):
+            if start >= len(ids):
+                start -= len(ids)
+                continue
+            first, start = start, 0
+            for k in range(first, len(ids)):
                 top = {chars[i]: float(v) for i, v in zip(top_ids[k].tolist(), top_lp[k].tolist(), strict=True)}
                 yield {"token": chars[ids[k]], "logprob": float(lp[k]), "top": top}
 
@@ -81,8 +87,9 @@ class Logprobs:
 @dataclass
 class Job:
     """One choice of a completion request. Its final text gathers in `text` (and, with
-    `logprobs`, the top N per character in `table`); `emit` receives ("text", str) as characters become
-    final when `streaming`, and ("done", finish_reason) at the end, from the scheduler's thread.
+    `logprobs`, the top N per character in `table`); `emit` receives ("text", str, rows) as characters
+    become final when `streaming` (rows: their `table` rows, or None without `logprobs`), and
+    ("done", finish_reason) at the end, from the scheduler's thread.
     `stops` never reach the text (OpenAI's convention)."""
 
     lm: LanguageModel
@@ -112,7 +119,11 @@ class Job:
     def add(self, text: str) -> None:
         self.text += text
         if self.streaming and text:
-            self.emit(("text", text))
+            rows = None
+            if self.table is not None:  # the table ends with a row per character made, held back ones too
+                first = len(self.table) - self.made + len(self.text) - len(text)
+                rows = list(itertools.islice(self.table.rows(self.lm.vocab.chars, first), len(text)))
+            self.emit(("text", text, rows))
 
     def end(self, reason: str) -> None:
         """Once: "length", "stop", "cancelled" (its client went away) or "error"."""

@@ -2,14 +2,15 @@
 `serve` extra), batched across clients by `charrnn.scheduler`, loaded in the background and
 reloaded when training replaces its checkpoint.
 
+    GET  /                 a page to try the model: the text streamed in, coloured by surprise
     GET  /health           200 {"status": "ok", ...} once a model is loaded (503 "loading" before)
     GET  /metrics          Prometheus' text format (`charrnn.telemetry`)
     GET  /v1/models        OpenAI's list; the model's id is the run's name
     POST /v1/completions   OpenAI's (legacy) completions, a token being a character
     POST /v1/score         charrnn's: {"input": str | [str]} -> nats per character per record
 
-With an API key, every endpoint but `GET /health` needs it, and `/health` without it says only
-whether the server is up. Errors are OpenAI's object {"error": {"message", "type", "param",
+With an API key, every endpoint but `GET /` and `GET /health` needs it; `/health` without it
+says only whether the server is up, and the page asks for the key. Errors are OpenAI's object {"error": {"message", "type", "param",
 "code"}}: 4xx for the request, 429 (with Retry-After) when the server is full, 503 while no
 model can be read, 500 with one log line for a fault of the server's. The event loop only
 moves bytes: parsing, replies and scoring run in worker threads and generation in the
@@ -20,7 +21,9 @@ scheduler's, so no request makes another wait. Slow clients are cut off by
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -32,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +211,7 @@ def build_app(server: Server) -> Any:
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     limits = server.limits
@@ -276,7 +280,13 @@ def build_app(server: Server) -> Any:
         data = [{"object": "score", "index": i, **s} for i, s in enumerate(scores)]
         return JSONResponse({"object": "list", "model": server.model_id, "data": data})
 
+    page_html, page_headers = _page()
+
+    async def page(request: Request) -> Any:
+        return HTMLResponse(page_html, headers=page_headers)
+
     routes = [
+        Route("/", _endpoint(server, "page", page, keyed=False)),
         Route("/health", _endpoint(server, "health", health, keyed=False)),
         Route("/metrics", _endpoint(server, "metrics", metrics, keyed=True)),
         Route("/v1/models", _endpoint(server, "models", models, keyed=True)),
@@ -291,6 +301,23 @@ def build_app(server: Server) -> Any:
         server.scheduler.stop()  # after uvicorn has finished the requests in flight
 
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _page() -> tuple[str, dict[str, str]]:
+    """The page of `GET /` (`serve_page.html`, package data: no external assets) and its
+    headers: a content security policy that runs its own script alone and connects only here."""
+    html = resources.files("charrnn").joinpath("serve_page.html").read_text(encoding="utf-8")
+    script = html[html.index("<script>") + len("<script>") : html.index("</script>")]
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    policy = (
+        f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return html, {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 def _reply(meta: dict, completion: Completion, jobs: list[Job], reasons: list[str]) -> Iterator[bytes]:
@@ -353,33 +380,38 @@ async def _stream(
     event with each choice's finish_reason; then `data: [DONE]`. A choice that failed ends the
     stream with OpenAI's error object as an event (which OpenAI's clients raise). A client that
     goes away (checked between events) cancels its streams."""
-    done = 0
+    done, sent = 0, [0] * len(jobs)  # sent: characters streamed per choice (logprobs' text_offset)
+
+    def text_chunk(index: int, text: str, rows: list | None) -> str:
+        sent[index] += len(text)
+        return chunk(meta, index, text, None, rows, sent[index] - len(text))
+
     try:
         if completion.echo:
             for index, job in enumerate(jobs):
-                yield chunk(meta, index, job.prime, None)
+                yield text_chunk(index, job.prime, None)
         while done < len(jobs):
             batch = [await events.get()]
             while not events.empty():
                 batch.append(events.get_nowait())
             if await request.is_disconnected():
                 return
-            texts: dict[int, str] = {}
+            texts: dict[int, tuple[str, list | None]] = {}
             for index, event in batch:
                 if event[0] == "text":
-                    texts[index] = texts.get(index, "") + event[1]
+                    text, rows = texts.get(index, ("", None if event[2] is None else []))
+                    texts[index] = (text + event[1], None if rows is None else rows + event[2])
                     telemetry.generated.inc(len(event[1]))
                     continue
-                if texts.get(index):
-                    yield chunk(meta, index, texts.pop(index), None)
+                if index in texts:
+                    yield text_chunk(index, *texts.pop(index))
                 if event[1] == "error":
                     yield f"data: {json.dumps(INTERNAL.body())}\n\n"
                     return
                 done += 1
                 yield chunk(meta, index, "", event[1])
-            for index, text in texts.items():
-                if text:
-                    yield chunk(meta, index, text, None)
+            for index, (text, rows) in texts.items():
+                yield text_chunk(index, text, rows)
         yield "data: [DONE]\n\n"
     finally:
         for job in jobs:

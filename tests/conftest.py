@@ -124,7 +124,7 @@ class Recorder:
 
     @property
     def streamed(self) -> str:
-        return "".join(text for kind, text in self.events if kind == "text")
+        return "".join(event[1] for event in self.events if event[0] == "text")
 
 
 def run_jobs(jobs: list) -> None:

@@ -106,6 +106,26 @@ def test_streaming_gives_the_same_text_as_it_is_drawn(server: str) -> None:
     assert r.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]"
 
 
+def test_streamed_chunks_carry_the_logprobs_of_their_characters(server: str) -> None:
+    """What the page colours by: each chunk's characters with theirs, the same as a whole
+    completion's, even where a stop text held characters back."""
+    asked = {"model": "names", "prompt": "a", "max_tokens": 60, "n": 2, "seed": 4, "logprobs": 2, "stop": ["ce\n"]}
+    whole = client(server).completions.create(**asked)
+    tokens, logprobs, offsets = [[], []], [[], []], [[], []]
+    for chunk in client(server).completions.create(**asked, stream=True):
+        for choice in chunk.choices:
+            if choice.text:
+                assert "".join(choice.logprobs.tokens) == choice.text
+                tokens[choice.index] += choice.logprobs.tokens
+                logprobs[choice.index] += choice.logprobs.token_logprobs
+                offsets[choice.index] += choice.logprobs.text_offset
+                assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    for index, choice in enumerate(whole.choices):
+        assert tokens[index] == choice.logprobs.tokens and "".join(tokens[index]) == choice.text
+        assert logprobs[index] == pytest.approx(choice.logprobs.token_logprobs, abs=1e-12)
+        assert offsets[index] == list(range(len(choice.text)))
+
+
 def test_stop_ends_a_choice_without_the_stop_text(folder: Path, server: str) -> None:
     reply = client(server).completions.create(model="names", prompt="", max_tokens=200, n=4, seed=2, stop=["\n", "ooo"])
     expected = sample(folder, [""] * 4, 200, 2, "\n")
