@@ -508,7 +508,11 @@ def _limit(default: int, help: str) -> dict[str, Any]:
 @model_path_option
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")
-@click.option("--api-key", envvar="CHARRNN_API_KEY", help="Require Authorization: Bearer KEY  [env: CHARRNN_API_KEY]")
+@click.option(
+    "--api-key",
+    envvar="CHARRNN_API_KEY",
+    help="Require Authorization: Bearer KEY (all but the page and a bare /health)  [env: CHARRNN_API_KEY]",
+)
 @click.option("--max-tokens", **_limit(Limits.max_tokens, "Most characters a choice may ask for."))
 @click.option("--max-n", **_limit(Limits.max_n, "Most choices per prompt."))
 @click.option("--max-choices", **_limit(Limits.max_choices, "Most choices per request (prompts x n)."))

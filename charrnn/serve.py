@@ -10,9 +10,10 @@ reloaded when training replaces its checkpoint.
     POST /v1/score         charrnn's: {"input": str | [str]} -> nats per character per record
 
 With an API key, every endpoint but `GET /` and `GET /health` needs it; `/health` without it
-says only whether the server is up, and the page asks for the key. Errors are OpenAI's object {"error": {"message", "type", "param",
-"code"}}: 4xx for the request, 429 (with Retry-After) when the server is full, 503 while no
-model can be read, 500 with one log line for a fault of the server's. The event loop only
+says only whether the server is up, and the page asks for the key. Errors are OpenAI's object
+{"error": {"message", "type", "param", "code"}}: 4xx for the request, 429 (with Retry-After)
+when the server is full, 503 while no model can be read, 500 with one log line for a fault of
+the server's. The event loop only
 moves bytes: parsing, replies and scoring run in worker threads and generation in the
 scheduler's, so no request makes another wait. Slow clients are cut off by
 `charrnn.connections`.
