@@ -7,8 +7,8 @@ The corpus is CPython's standard library: the top-level `*.py` files of the runn
 stdlib, sorted by name and concatenated (4.7 MB for 3.11). Its last 10% is the held-out tail.
 
 `speed`: the same N trials (a GRU 1x128, the learning rate the only choice, `--steps` each) by
-one worker with the machine's threads, then by two workers with one thread each; the wall time
-of each, from the first worker's start to the last one's end.
+one worker with the machine's threads, by one worker with one thread, then by two workers with
+one thread each; the wall time of each, from the first worker's start to the last one's end.
 
 `python`: a sweep of the default search space over the first 90% of the corpus (the trials
 select on their own validation split, 81-90%, so the sweep never sees the tail), each trial
@@ -73,16 +73,19 @@ def speed(opts: argparse.Namespace) -> None:
     (out / "space.yaml").write_text(SPEED_SPACE)
     common = ["sweep", str(train), "--trials", str(opts.trials), "--steps", str(opts.steps)]
     common += ["--space", str(out / "space.yaml"), "-s", "train.eval_chars=50000", "--pruner", "none"]
-    results = {}
-    for count, env in ((1, dict(os.environ)), (2, dict(os.environ, **ONE_THREAD))):
-        folder = out / f"{count}-workers"
+    seconds = {}
+    for count, threads in ((1, "all"), (1, "1"), (2, "1")):
+        folder = out / f"{count}-workers-{threads}-threads"
         subprocess.run(["rm", "-rf", str(folder)], check=True)
-        seconds = workers(count, [*common, "-o", str(folder)], env, out)
+        env = dict(os.environ) if threads == "all" else dict(os.environ, **ONE_THREAD)
+        seconds[count, threads] = workers(count, [*common, "-o", str(folder)], env, out)
         study = optuna.load_study(study_name=folder.name, storage=journal(folder))
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
-        results[f"{count} worker(s)"] = {"seconds": round(seconds, 1), "trials": len(done)}
-        print(json.dumps({"workers": count, "seconds": round(seconds, 1), "trials": len(done)}), flush=True)
-    print(json.dumps({"speed-up": round(results["1 worker(s)"]["seconds"] / results["2 worker(s)"]["seconds"], 2)}))
+        line = {"workers": count, "threads_each": threads, "seconds": round(seconds[count, threads], 1)}
+        print(json.dumps({**line, "trials": len(done)}), flush=True)
+    for base in ((1, "all"), (1, "1")):
+        ratio = round(seconds[base] / seconds[2, "1"], 2)
+        print(json.dumps({"two workers against one with threads": base[1], "speed-up": ratio}))
 
 
 def journal(folder: Path) -> optuna.storages.JournalStorage:

@@ -1,6 +1,6 @@
 """charrnn: character-level recurrent language models: train, sample, evaluate, serve."""
 
-__version__ = "0.2.0"  # pyproject.toml reads it; CHANGELOG.md says what changed
+__version__ = "0.2.1"  # pyproject.toml reads it; CHANGELOG.md says what changed
 
 # after __version__, which cli imports
 from charrnn.api import LanguageModel, load

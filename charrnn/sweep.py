@@ -86,6 +86,10 @@ class Budget:
             return event.step
         return min(100, int(100 * event.elapsed / self.seconds))
 
+    def resource_total(self) -> int:
+        """The study's step at the end of a trial: 100 (percent of the time), else the steps."""
+        return 100 if self.seconds is not None or self.steps is None else self.steps
+
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "steps": self.steps}
 
@@ -229,11 +233,12 @@ def open_storage(sweep_dir: Path, storage: str | None, heartbeat: int) -> Any:
     )
 
 
-def open_study(store: Any, name: str, pruner: str, seed: int | None) -> Any:
-    """The study named `name` in `store`, created or joined."""
+def open_study(store: Any, name: str, pruner: str, seed: int | None, warmup: int = 0) -> Any:
+    """The study named `name` in `store`, created or joined; the median pruner judges no trial
+    before its step `warmup`."""
     optuna = require("optuna", "sweep")
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }
@@ -345,7 +350,7 @@ def run_sweep(
     if pruner not in PRUNERS:
         raise InvalidUsageError(f"unknown pruner {pruner!r}: {' | '.join(PRUNERS)}")
     store = open_storage(sweep_dir, storage, heartbeat)
-    study = open_study(store, study_name or sweep_dir.resolve().name, pruner, seed)
+    study = open_study(store, study_name or sweep_dir.resolve().name, pruner, seed, budget.resource_total() // 10)
     sweep = Sweep(sources, sweep_dir, space, budget, layers, log)
     join_study(study, sweep.space, sweep.budget)
     while True:
