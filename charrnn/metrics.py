@@ -1,10 +1,12 @@
 """metrics.jsonl: what training did, one JSON object per line, appended as it happens.
 
-Every event has `step`, `train_loss` (mean over the steps since the last event; null when there were none), `lr` (the
-schedule's rate at `step`), `chars_per_sec` (over the same steps) and `elapsed` (seconds since this `train`
-started); an evaluation adds `val_loss` (null without validation text) and `eval_seconds` (the
-time it took, with writing the checkpoints: the share of a budget that validation costs). `MetricsLog` writes
-them; `read_metrics` reads them back while a `train` may still be writing.
+Every event has `step`, `train_loss` (mean over the steps since the last event; null when there
+were none), `lr` (the schedule's rate at `step`), `chars_per_sec` (over the same steps), `mfu`
+(the model FLOPs utilisation of that speed, `charrnn.flops`) and `elapsed` (seconds since this
+`train` started); an evaluation adds `val_loss` (null without validation text) and
+`eval_seconds` (the time it took, with writing the checkpoints: the share of a budget that
+validation costs). `MetricsLog` writes them; `read_metrics` reads them back while a `train` may
+still be writing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Event:
     evaluated: bool = False
     val_loss: float | None = None
     eval_seconds: float = 0.0
+    mfu: float | None = None  # model FLOPs per second over the machine's peak
 
     def to_dict(self) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -41,6 +44,8 @@ class Event:
             "chars_per_sec": self.chars_per_sec,
             "elapsed": self.elapsed,
         }
+        if self.mfu is not None:
+            event["mfu"] = self.mfu
         if self.evaluated:
             event["val_loss"] = self.val_loss
             event["eval_seconds"] = self.eval_seconds

@@ -35,6 +35,7 @@ class RunInfo:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     chars_per_sec: float | None = None
+    mfu: float | None = None  # the last event's model FLOPs utilisation
     modified: float = 0.0  # Unix time of the newest file
     training: bool = False
     problem: str | None = None
@@ -67,6 +68,8 @@ def run_info(run_dir: Path) -> RunInfo:
         speeds = [e["chars_per_sec"] for e in events if isinstance(e.get("chars_per_sec"), (int, float))]
         info.last_val_loss = vals[-1] if vals else None
         info.chars_per_sec = speeds[-1] if speeds else None
+        shares = [e["mfu"] for e in events if isinstance(e.get("mfu"), (int, float))]
+        info.mfu = shares[-1] if shares else None
         if info.step is None:
             info.step = events[-1]["step"]
     except CharRNNError as err:
@@ -95,7 +98,7 @@ def list_runs(root: Path) -> list[RunInfo]:
 def format_table(rows: list[RunInfo], now: float | None = None) -> str:
     """The runs as an aligned text table."""
     now = time.time() if now is None else now
-    header = ("run", "model", "steps", "best val", "last val", "chars/s", "written", "state")
+    header = ("run", "model", "steps", "best val", "last val", "chars/s", "MFU", "written", "state")
     lines = [header]
     for r in rows:
         state = "training" if r.training else ("broken: " + r.problem if r.problem else "")
@@ -107,6 +110,7 @@ def format_table(rows: list[RunInfo], now: float | None = None) -> str:
                 _loss(r.best_val_loss),
                 _loss(r.last_val_loss),
                 "-" if r.chars_per_sec is None else f"{r.chars_per_sec:,.0f}",
+                "-" if r.mfu is None else f"{100 * r.mfu:.1f}%",
                 _ago(now - r.modified) if r.modified else "-",
                 state,
             )

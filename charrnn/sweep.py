@@ -206,8 +206,6 @@ class Sweep:
         except CharRNNError as err:
             trial.set_user_attr("error", str(err))
             raise TrialFailed(str(err)) from None
-        if result.best_val_loss is None:
-            raise TrialFailed("no validation loss (train.val_fraction is 0?)")
         return result.best_val_loss
 
 
@@ -347,6 +345,8 @@ def run_sweep(
         raise InvalidUsageError(f"a sweep reads its corpus once per trial: give files, not {streams[0]}")
     space = dict(DEFAULT_SPACE) if space is None else space
     check_space(space, layers)
+    if build_config([*layers, budget.layer()]).train.val_fraction == 0:
+        raise InvalidUsageError("a sweep ranks trials by their validation loss: train.val_fraction must be > 0")
     if pruner not in PRUNERS:
         raise InvalidUsageError(f"unknown pruner {pruner!r}: {' | '.join(PRUNERS)}")
     store = open_storage(sweep_dir, storage, heartbeat)

@@ -3,7 +3,7 @@ written with TensorBoard's own event writer, and a Weights & Biases run (`log.wa
 each an extra that the numpy path never imports, at the steps of metrics.jsonl and under
 nanoGPT's names:
 
-    train/loss, val/loss, lr, chars_per_sec     scalars, one point per metrics event
+    train/loss, val/loss, lr, mfu, chars_per_sec     scalars, one point per metrics event
     config                                      the run's config as YAML text, at its first step
 
 A resumed run continues the same curves. In TensorBoard its first event is a "session start"
@@ -32,8 +32,10 @@ WANDB_ID = "wandb-id"  # in the run directory: the W&B run a resumed run continu
 
 
 def scalars(event: Event) -> dict[str, float]:
-    """An event's numbers under nanoGPT's names (train/loss, val/loss, lr) and chars_per_sec."""
+    """An event's numbers under nanoGPT's names (train/loss, val/loss, lr, mfu) and chars_per_sec."""
     values = {"lr": event.lr, "chars_per_sec": event.chars_per_sec}
+    if event.mfu is not None:
+        values["mfu"] = event.mfu
     if event.train_loss is not None:
         values["train/loss"] = event.train_loss
     if event.evaluated and event.val_loss is not None:

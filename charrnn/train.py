@@ -30,6 +30,7 @@ from charrnn.data import Batcher, Source, split_train_val
 from charrnn.distributed import World
 from charrnn.engine import Engine, EngineState, StepSettings, make_engine
 from charrnn.errors import InvalidUsageError, NonFiniteError, SignalError
+from charrnn.flops import peak_flops, train_flops_per_char
 from charrnn.metrics import Event, MetricsLog
 from charrnn.model import ModelShape, init_params
 from charrnn.optim import learning_rate
@@ -255,8 +256,9 @@ def _loop(
     val_ids = val_ids[: tc.eval_chars] if tc.eval_chars else val_ids
     batcher = Batcher(train_ids, tc.batch_size, tc.seq_len)
     target = so_far.step + steps if steps is not None else tc.max_steps
+    utilisation = _utilisation(state, world)  # before the clock: measuring the peak is not training
     clock = Clock(time_limit, so_far.step, fixes_horizon=time_limit is not None and steps is None)
-    window = Window(tc.batch_size * tc.seq_len)
+    window = Window(tc.batch_size * tc.seq_len, utilisation)
     val_loss, saved_at = None, -1
     with (
         Progress(so_far.step, max(target, so_far.step), bar=bar, silent=not world.is_main) as progress,
@@ -372,15 +374,26 @@ def _event(state: TrainState, window: Window, clock: Clock) -> Event:
     loss = window.mean()
     if loss is not None and not math.isfinite(loss):
         raise NonFiniteError(f"loss is not finite ({loss}) by step {state.progress.step}")
-    return Event(state.progress.step, loss, state.lr(), window.speed(), clock.elapsed())
+    return Event(state.progress.step, loss, state.lr(), window.speed(), clock.elapsed(), mfu=window.mfu())
+
+
+def _utilisation(state: TrainState, world: World) -> float | None:
+    """MFU per character per second: the model's training FLOPs per character over the peak
+    of every process training it (`charrnn.flops`); None where no metrics are written."""
+    if not world.is_main:
+        return None
+    tc = state.config.train
+    peak = peak_flops(tc.engine, str(getattr(state.engine, "device", "cpu")), tc.dtype) * world.size
+    return train_flops_per_char(state.config.model.shape(len(state.vocab))) / peak
 
 
 class Window:
     """The training losses and the wall time since the last metrics event. Losses are kept as
-    the engine gives them and read (`float`) only here, when an event needs them."""
+    the engine gives them and read (`float`) only here, when an event needs them.
+    `utilisation`: the MFU of one character per second (None: not reported)."""
 
-    def __init__(self, chars_per_step: int) -> None:
-        self.chars_per_step = chars_per_step
+    def __init__(self, chars_per_step: int, utilisation: float | None = None) -> None:
+        self.chars_per_step, self.utilisation = chars_per_step, utilisation
         self._last: Any = None
         self.reset()
 
@@ -404,6 +417,10 @@ class Window:
     def speed(self) -> float:
         """Characters trained per second in the window."""
         return len(self.losses) * self.chars_per_step / max(time.perf_counter() - self.started, 1e-9)
+
+    def mfu(self) -> float | None:
+        """The model FLOPs utilisation of the window's speed."""
+        return None if self.utilisation is None else self.speed() * self.utilisation
 
 
 class Clock:

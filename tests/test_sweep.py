@@ -249,6 +249,8 @@ def test_a_sweep_refuses_bad_input_in_one_line(corpus: Path) -> None:
         assert_clean_error(proc, 2 if "space" in extra[0] else 1, message)
         assert b"secret" not in proc.stderr
     assert_clean_error(run_cli("sweep", "c.txt", "-o", "bad", cwd=folder), 2, "a sweep needs a budget per trial")
+    no_validation = run_cli(*sweep_args("bad", 2, 10), "-s", "train.val_fraction=0", cwd=folder)
+    assert_clean_error(no_validation, 2, "train.val_fraction must be > 0")
     assert_clean_error(
         run_cli(*sweep_args("bad", 2, 10)[:1], "-", *sweep_args("bad", 2, 10)[2:], cwd=folder, input=b"abc"),
         2,

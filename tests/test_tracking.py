@@ -47,8 +47,9 @@ def test_the_event_files_hold_what_metrics_jsonl_holds(corpus: Path) -> None:
     lines = list(read_metrics(corpus / "run" / "metrics.jsonl"))
     train = {line["step"]: line["train_loss"] for line in lines if line["train_loss"] is not None}
     val = {line["step"]: line["val_loss"] for line in lines if "val_loss" in line}
-    assert set(events.Tags()["scalars"]) == {"train/loss", "val/loss", "lr", "chars_per_sec"}
-    for tag, expected in [("train/loss", train), ("val/loss", val), ("lr", {e["step"]: e["lr"] for e in lines})]:
+    assert set(events.Tags()["scalars"]) == {"train/loss", "val/loss", "lr", "chars_per_sec", "mfu"}
+    every = {tag: {e["step"]: e[key] for e in lines} for tag, key in (("lr", "lr"), ("mfu", "mfu"))}
+    for tag, expected in [("train/loss", train), ("val/loss", val), *every.items()]:
         got = _scalars(events, tag)
         assert got.keys() == expected.keys() and len(got) >= 3, tag
         np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-6)
@@ -169,6 +170,7 @@ def test_a_wandb_run_kept_offline_holds_what_metrics_jsonl_holds_and_a_resume_co
         logged = history[line["step"]]
         assert logged["train/loss"] == pytest.approx(line["train_loss"], rel=1e-9)
         assert logged["lr"] == pytest.approx(line["lr"], rel=1e-9)
+        assert logged["mfu"] == pytest.approx(line["mfu"], rel=1e-9)
         assert logged.get("val/loss") == (pytest.approx(line["val_loss"], rel=1e-9) if "val_loss" in line else None)
 
 
