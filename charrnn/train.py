@@ -374,7 +374,9 @@ def _event(state: TrainState, window: Window, clock: Clock) -> Event:
     loss = window.mean()
     if loss is not None and not math.isfinite(loss):
         raise NonFiniteError(f"loss is not finite ({loss}) by step {state.progress.step}")
-    return Event(state.progress.step, loss, state.lr(), window.speed(), clock.elapsed(), mfu=window.mfu())
+    speed = window.speed()
+    mfu = None if window.utilisation is None else speed * window.utilisation
+    return Event(state.progress.step, loss, state.lr(), speed, clock.elapsed(), mfu=mfu)
 
 
 def _utilisation(state: TrainState, world: World) -> float | None:
@@ -417,10 +419,6 @@ class Window:
     def speed(self) -> float:
         """Characters trained per second in the window."""
         return len(self.losses) * self.chars_per_step / max(time.perf_counter() - self.started, 1e-9)
-
-    def mfu(self) -> float | None:
-        """The model FLOPs utilisation of the window's speed."""
-        return None if self.utilisation is None else self.speed() * self.utilisation
 
 
 class Clock:

@@ -16,6 +16,7 @@ from charrnn.metrics import read_metrics
 from charrnn.model import ModelShape
 
 torch = pytest.importorskip("torch")
+flop_counter = pytest.importorskip("torch.utils.flop_counter")
 
 
 def reference_step(shape: ModelShape, B: int, T: int) -> float:
@@ -30,7 +31,7 @@ def reference_step(shape: ModelShape, B: int, T: int) -> float:
     W_hh = [torch.randn(H, G, requires_grad=True) for _ in range(L)]
     W_hy = torch.randn(H, V, requires_grad=True)
     ids = torch.randint(0, V, (T, B))
-    counter = torch.utils.flop_counter.FlopCounterMode(display=False)
+    counter = flop_counter.FlopCounterMode(display=False)
     with counter:
         h = [torch.zeros(B, H, requires_grad=True) for _ in range(L)]
         c = [torch.zeros(B, H, requires_grad=True) for _ in range(L)]

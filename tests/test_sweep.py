@@ -222,7 +222,8 @@ def running_trial(study_of) -> optuna.trial.FrozenTrial | None:
 def test_a_killed_worker_leaves_its_trial_failed_and_the_study_goes_on(corpus: Path) -> None:
     folder = corpus.parent
     doomed = start_worker(folder, *sweep_args("s", 3, "2s"), "--space", "space.yaml", *SLOWER)
-    wait_for("the first trial's first checkpoint", lambda: (folder / "s" / "trial-0000" / "latest.npz").exists())
+    # killed as its first trial starts training (its run's config written), well inside the 2 s it has
+    wait_for("the first trial to start", lambda: (folder / "s" / "trial-0000" / "config.yaml").exists())
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     assert running_trial(lambda: load_study(folder / "s")).number == 0  # a journal has no heartbeat
@@ -321,7 +322,7 @@ def test_workers_share_a_study_in_postgresql_and_a_killed_ones_trial_fails_by_he
     common = ["--space", "space.yaml", "--storage", postgres, "--study", "pg", "--heartbeat", "1", *SLOWER]
     doomed = start_worker(folder, *sweep_args("a", 6, "2s"), *common)
     wait_for("a trial to start", lambda: running_trial(lambda: optuna.load_study(study_name="pg", storage=postgres)))
-    wait_for("its first checkpoint", lambda: (folder / "a" / "trial-0000" / "latest.npz").exists())
+    wait_for("it to start training", lambda: (folder / "a" / "trial-0000" / "config.yaml").exists())
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     killed_at = time.monotonic()
