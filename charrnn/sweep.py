@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -251,21 +252,28 @@ def open_study(store: Any, name: str, pruner: str, seed: int | None, warmup: int
     )
 
 
-def _database(optuna: Any, url: str, heartbeat: int) -> Any:
-    """Optuna's RDB storage at `url`, its errors as one line without the URL's password."""
+def _database(optuna: Any, url: str, heartbeat: int, attempts: int = 5) -> Any:
+    """Optuna's RDB storage at `url`, its errors as one line without the URL's password. Workers
+    started at once on an empty database race to create Optuna's tables; the loser tries again."""
     shown = url.split("@")[-1] if "@" in url else url
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # in Optuna since 2.9
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, engine_kwargs={"pool_pre_ping": True}
-            )
-    except ImportError as err:
-        missing = err.__cause__ or err
-        raise CharRNNError(f"the storage {shown} needs a database driver: {missing}") from None
-    except Exception as err:  # SQLAlchemy's errors: a refused connection, a bad URL, a wrong password
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CharRNNError(f"cannot open the study storage {shown}: {first}") from None
+    tried = 0
+    while True:
+        tried += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # in Optuna since 2.9
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, engine_kwargs={"pool_pre_ping": True}
+                )
+        except ImportError as err:
+            missing = err.__cause__ or err
+            raise CharRNNError(f"the storage {shown} needs a database driver: {missing}") from None
+        except Exception as err:  # SQLAlchemy's errors: a refused connection, a bad URL, a wrong password
+            if "already exists" in str(err) and tried < attempts:  # another worker made that table
+                time.sleep(0.2 * tried)
+                continue
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CharRNNError(f"cannot open the study storage {shown}: {first}") from None
 
 
 def join_study(study: Any, space: dict[str, Any], budget: Budget) -> None:

@@ -22,6 +22,7 @@ import yaml
 from conftest import assert_clean_error, run_cli
 
 optuna = pytest.importorskip("optuna")
+sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from charrnn.config import build_config  # noqa: E402
 from charrnn.data import Source  # noqa: E402
@@ -216,6 +217,8 @@ def running_trial(study_of) -> optuna.trial.FrozenTrial | None:
         running = study_of().get_trials(states=(optuna.trial.TrialState.RUNNING,))
     except KeyError:  # no such study yet
         return None
+    except sqlalchemy.exc.SQLAlchemyError:  # a worker is creating Optuna's tables as this reader does
+        return None
     return running[0] if running else None
 
 
@@ -341,3 +344,18 @@ def test_workers_share_a_study_in_postgresql_and_a_killed_ones_trial_fails_by_he
     assert study.user_attrs["budget"] == {"seconds": 2.0, "steps": None}
     assert {Path(t.user_attrs["run_dir"]).parent.name for t in study.trials[1:]} == {"b", "c"}  # two "machines"
     check_shared(study, folder, 6)
+
+
+@needs_postgres
+def test_workers_started_at_once_on_an_empty_database_both_join(corpus: Path, postgres: str) -> None:
+    """Both create Optuna's tables at the same moment; the one that loses that race tries again."""
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE fresh")
+    fresh = postgres.rsplit("/", 1)[0] + "/fresh"
+    common = ["--space", "space.yaml", "--storage", fresh, "--study", "both", *CADENCE]
+    workers = [start_worker(corpus.parent, *sweep_args(name, 4, 20), *common) for name in ("x", "y")]
+    for worker in workers:
+        finish(worker)
+    assert len(optuna.load_study(study_name="both", storage=fresh).trials) in (4, 5)
