@@ -131,6 +131,20 @@ def _check_range(where: str, rule: dict[str, Any]) -> None:
         raise InvalidUsageError(f"{where}: a log range needs low > 0, got {low!r}")
 
 
+def starting_point(space: dict[str, Any], layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The config's own value of each key of the space that the space allows: a study's first
+    trial, so that a sweep never ranks below the settings it started from."""
+    config = build_config(list(layers)).to_dict()
+    values = {}
+    for key, rule in space.items():
+        section, _, name = str(key).partition(".")
+        value = config[section][name]
+        ranged = isinstance(rule, dict) and rule["low"] <= value <= rule["high"]
+        if ranged or (isinstance(rule, list) and value in rule):
+            values[key] = value
+    return values
+
+
 def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     """The trial's value for each key of the space (an Optuna trial's suggestions)."""
     chosen: dict[str, Any] = {}
@@ -361,6 +375,8 @@ def run_sweep(
     study = open_study(store, study_name or sweep_dir.resolve().name, pruner, seed, budget.resource_total() // 10)
     sweep = Sweep(sources, sweep_dir, space, budget, layers, log)
     join_study(study, sweep.space, sweep.budget)
+    if not study.get_trials(deepcopy=False):  # a new study starts where the config stands
+        study.enqueue_trial(starting_point(space, layers), skip_if_exists=True)
     while True:
         orphans = fail_orphans(study, store)
         if orphans:

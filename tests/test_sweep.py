@@ -72,12 +72,13 @@ def best_logged(run_dir: Path) -> float:
 
 def test_each_trial_is_a_run_whose_best_loss_is_its_value_and_best_yaml_trains(corpus: Path) -> None:
     folder = corpus.parent
-    args = [*sweep_args("s", 4, 30), "--space", "space.yaml", "--seed", "3", *CADENCE]
+    args = [*sweep_args("s", 4, 30), "--space", "space.yaml", "--seed", "3", "--pruner", "none", *CADENCE]
     proc = run_cli(*args, cwd=folder)
     assert proc.returncode == 0, proc.stderr.decode()
     study = load_study(folder / "s")
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert trials[0].params == {"model.cell": "gru", "train.lr": 0.002}  # first, the config as it stands
     table = proc.stdout.decode().splitlines()
     assert table[0].split()[:4] == ["trial", "state", "best", "val"]
     assert [int(line.split()[0]) for line in table[1:]] == [t.number for t in sorted(trials, key=lambda t: t.value)]
