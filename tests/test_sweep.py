@@ -261,6 +261,9 @@ def test_a_sweep_refuses_bad_input_in_one_line(corpus: Path) -> None:
         2,
         "give files, not",
     )
+    code = "import sys; sys.modules['optuna'] = None\nfrom charrnn.cli import run; sys.exit(run(sys.argv[1:]))"
+    without = subprocess.run([sys.executable, "-c", code, *sweep_args("bad", 2, 10)], cwd=folder, capture_output=True)
+    assert_clean_error(without, 1, "pip install 'charrnn[sweep]'")
     first = run_cli(*sweep_args("same", 1, 10), "--space", "space.yaml", *CADENCE, cwd=folder)
     assert first.returncode == 0, first.stderr.decode()
     other = run_cli(*sweep_args("same", 2, 10), cwd=folder)  # the default space: not this study's
